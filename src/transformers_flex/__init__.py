@@ -1,0 +1,41 @@
+"""transformers-flex: one BERT checkpoint, every width and depth sub-network (DynaBERT / Flexible BERT).
+
+Importing the package registers `flexbert` with the Auto classes, so `AutoModel*.from_pretrained` on a FlexBert
+checkpoint works without `trust_remote_code`.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+)
+
+from .configuration_flexbert import FlexBertConfig
+from .modeling_flexbert import (
+    FlexBertForQuestionAnswering,
+    FlexBertForSequenceClassification,
+    FlexBertModel,
+    FlexBertPreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register(FlexBertConfig.model_type, FlexBertConfig, exist_ok=True)
+AutoModel.register(FlexBertConfig, FlexBertModel, exist_ok=True)
+AutoModelForSequenceClassification.register(FlexBertConfig, FlexBertForSequenceClassification, exist_ok=True)
+AutoModelForQuestionAnswering.register(FlexBertConfig, FlexBertForQuestionAnswering, exist_ok=True)
+
+# Saving copies the portable code files into the checkpoint, so users without this package can load it.
+FlexBertConfig.register_for_auto_class()
+FlexBertModel.register_for_auto_class("AutoModel")
+FlexBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+FlexBertForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")
+
+__all__ = [
+    "FlexBertConfig",
+    "FlexBertForQuestionAnswering",
+    "FlexBertForSequenceClassification",
+    "FlexBertModel",
+    "FlexBertPreTrainedModel",
+]

@@ -1,0 +1,166 @@
+"""FlexBert configuration: BERT's fields plus the widths, depths, exits and gates of a flexible model.
+
+Part of the portable unit copied into every checkpoint: imports only torch/transformers and flat siblings.
+"""
+
+from transformers import PreTrainedConfig
+
+# Every Auto class a FlexBert checkpoint can be loaded with. `save_pretrained` only writes the entry of the
+# class being saved, so the whole map is a config default (DESIGN.md rule 1).
+FLEXBERT_AUTO_MAP = {
+    "AutoConfig": "configuration_flexbert.FlexBertConfig",
+    "AutoModel": "modeling_flexbert.FlexBertModel",
+    "AutoModelForSequenceClassification": "modeling_flexbert.FlexBertForSequenceClassification",
+    "AutoModelForQuestionAnswering": "modeling_flexbert.FlexBertForQuestionAnswering",
+}
+
+DEPTH_RULES = ("every_other", "prefix")
+EXIT_CRITERIA = ("entropy", "normalized_entropy", "patience")
+
+
+def _check_multipliers(name: str, values) -> None:
+    """Raise unless `values` is a non-empty list of numbers in (0, 1]."""
+    if not isinstance(values, (list, tuple)) or len(values) == 0:
+        raise ValueError(f"`{name}` must be a non-empty list of numbers in (0, 1], got {values!r}.")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise ValueError(f"`{name}` entries must be numbers in (0, 1], got {value!r} in {values!r}.")
+
+
+def _check_per_layer_sizes(name: str, values, num_layers: int, upper: int) -> None:
+    """Raise unless `values` is None or a list of `num_layers` integers in [1, upper]."""
+    if values is None:
+        return
+    if not isinstance(values, (list, tuple)) or len(values) != num_layers:
+        raise ValueError(f"`{name}` must list one integer per layer ({num_layers} layers), got {values!r}.")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
+            raise ValueError(f"`{name}` entries must be integers in [1, {upper}], got {value!r} in {values!r}.")
+
+
+class FlexBertConfig(PreTrainedConfig):
+    r"""
+    Configuration of a FlexBert model: a BERT encoder whose width (attention heads + FFN neurons) and depth can be
+    changed at run time, from one set of weights.
+
+    The BERT fields mean what they mean in [`BertConfig`]; a BERT `config.json` loads into this class unchanged.
+
+    Args:
+        width_mults (`list[float]`, defaults to `[1.0, 0.75, 0.5, 0.25]`):
+            Width multipliers the model is trained and evaluated at. Each is in (0, 1].
+        depth_mults (`list[float]`, defaults to `[1.0, 0.75, 0.5]`):
+            Depth multipliers the model is trained and evaluated at. Each is in (0, 1].
+        depth_rule (`str`, defaults to `"every_other"`):
+            Which layers a shallower sub-network keeps: `"every_other"` (DynaBERT: evenly spread layers) or
+            `"prefix"` (Flexible BERT: the first layers).
+        exit_layers (`list[int]`, *optional*):
+            1-based layer indices followed by an early-exit off-ramp.
+        exit_criterion (`str`, defaults to `"entropy"`):
+            When an off-ramp answers: `"entropy"`, `"normalized_entropy"` (divided by ln C) or `"patience"`.
+        exit_threshold (`float`, defaults to 0.0):
+            Entropy below which an off-ramp answers (entropy criteria), or the number of agreeing ramps (patience).
+        gate_widths (`list[float]`, *optional*):
+            The widths the classes of a width gate stand for; defaults to `width_mults`.
+        layer_num_heads (`list[int]`, *optional*):
+            Heads of each layer of an exported (physically smaller) model; `None` means `num_attention_heads` each.
+        layer_intermediate_sizes (`list[int]`, *optional*):
+            FFN size of each layer of an exported model; `None` means `intermediate_size` each.
+    """
+
+    model_type = "flexbert"
+
+    # BERT's own fields, with BERT-base defaults (as in `BertConfig`).
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.1
+    attention_probs_dropout_prob: float | int = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    classifier_dropout: float | int | None = None
+    # Flexibility.
+    width_mults: list[float | int] | None = None
+    depth_mults: list[float | int] | None = None
+    depth_rule: str = "every_other"
+    exit_layers: list[int] | None = None
+    exit_criterion: str = "entropy"
+    exit_threshold: float | int = 0.0
+    gate_widths: list[float | int] | None = None
+    layer_num_heads: list[int] | None = None
+    layer_intermediate_sizes: list[int] | None = None
+    auto_map: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        # Mutable defaults are filled here, since dataclass fields may not default to lists.
+        if self.width_mults is None:
+            self.width_mults = [1.0, 0.75, 0.5, 0.25]
+        if self.depth_mults is None:
+            self.depth_mults = [1.0, 0.75, 0.5]
+        if self.exit_layers is None:
+            self.exit_layers = []
+        if self.gate_widths is None:
+            self.gate_widths = list(self.width_mults)
+        if self.auto_map is None:
+            self.auto_map = dict(FLEXBERT_AUTO_MAP)
+        # A BERT config.json names `model_type: bert`; this class is always `flexbert`.
+        kwargs.pop("model_type", None)
+        position_embedding_type = kwargs.get("position_embedding_type", "absolute")
+        if position_embedding_type != "absolute":
+            raise ValueError(
+                f"FlexBert supports `position_embedding_type='absolute'` only, got {position_embedding_type!r}."
+            )
+        if kwargs.get("is_decoder") or kwargs.get("add_cross_attention"):
+            raise ValueError("FlexBert is an encoder: `is_decoder` and `add_cross_attention` must be False.")
+        super().__post_init__(**kwargs)
+        self.check_flex_fields()
+
+    def check_flex_fields(self) -> None:
+        """Raise a `ValueError` naming the field and its allowed values for any invalid flexibility setting."""
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        _check_multipliers("width_mults", self.width_mults)
+        _check_multipliers("depth_mults", self.depth_mults)
+        _check_multipliers("gate_widths", self.gate_widths)
+        if self.depth_rule not in DEPTH_RULES:
+            raise ValueError(f"`depth_rule` must be one of {DEPTH_RULES}, got {self.depth_rule!r}.")
+        if self.exit_criterion not in EXIT_CRITERIA:
+            raise ValueError(f"`exit_criterion` must be one of {EXIT_CRITERIA}, got {self.exit_criterion!r}.")
+        if isinstance(self.exit_threshold, bool) or not self.exit_threshold >= 0:
+            raise ValueError(f"`exit_threshold` must be a number >= 0, got {self.exit_threshold!r}.")
+        if not isinstance(self.exit_layers, (list, tuple)) or any(
+            isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= self.num_hidden_layers
+            for layer in self.exit_layers
+        ):
+            raise ValueError(
+                f"`exit_layers` must be a list of 1-based layer indices in [1, {self.num_hidden_layers}], "
+                f"got {self.exit_layers!r}."
+            )
+        _check_per_layer_sizes("layer_num_heads", self.layer_num_heads, self.num_hidden_layers, self.num_attention_heads)
+        _check_per_layer_sizes(
+            "layer_intermediate_sizes", self.layer_intermediate_sizes, self.num_hidden_layers, self.intermediate_size
+        )
+
+    @property
+    def head_size(self) -> int:
+        """Size of one attention head; it never changes with the width."""
+        return self.hidden_size // self.num_attention_heads
+
+    def num_heads_of_layer(self, layer: int) -> int:
+        """Heads layer `layer` physically has (fewer than `num_attention_heads` in an exported model)."""
+        return self.num_attention_heads if self.layer_num_heads is None else self.layer_num_heads[layer]
+
+    def intermediate_size_of_layer(self, layer: int) -> int:
+        """FFN neurons layer `layer` physically has (fewer than `intermediate_size` in an exported model)."""
+        return self.intermediate_size if self.layer_intermediate_sizes is None else self.layer_intermediate_sizes[layer]
+
+
+__all__ = ["FlexBertConfig"]

@@ -1,0 +1,83 @@
+"""Analytic cost model of FlexBert sub-networks (ALGORITHMS.md §10).
+
+FLOPs = 2 x multiply-accumulates (MACs). Per layer with `a` heads of size `d_h`, `f` FFN neurons and `n` tokens:
+`n * (3*H*a*d_h + a*d_h*H + 2*H*f)` MACs in the linear layers plus `2 * n^2 * a*d_h` in the two attention
+matmuls (QK^T and attention x V); then the pooler and classifier (or the QA head). Embedding lookups, LayerNorm,
+softmax and activations are not counted (as in the papers and in `torch.utils.flop_counter`).
+"""
+
+from typing import Literal
+
+from .configuration_flexbert import FlexBertConfig
+from .modeling_flexbert import Width, subnet_layer_shapes
+
+Head = Literal["sequence_classification", "question_answering", "none"]
+PAPER_SEQ_LENGTH = 128  # the papers count linear layers only, at padded length 128 (thop style)
+
+
+def layer_macs(hidden_size: int, head_size: int, heads: int, neurons: int, seq_length: int, linear_only: bool) -> int:
+    """Multiply-accumulates of one layer for one example of `seq_length` tokens."""
+    attention_width = heads * head_size
+    linear = seq_length * (3 * hidden_size * attention_width + attention_width * hidden_size + 2 * hidden_size * neurons)
+    attention = 0 if linear_only else 2 * seq_length * seq_length * attention_width
+    return linear + attention
+
+
+def head_macs(config: FlexBertConfig, head: Head, seq_length: int) -> int:
+    """Multiply-accumulates of the task head: pooler + classifier, or the per-token QA projection."""
+    hidden_size = config.hidden_size
+    if head == "sequence_classification":
+        return hidden_size * hidden_size + hidden_size * config.num_labels
+    if head == "question_answering":
+        return seq_length * hidden_size * config.num_labels
+    return 0
+
+
+def subnet_flops(
+    config: FlexBertConfig,
+    width: Width = 1.0,
+    depth: float = 1.0,
+    seq_length: int = PAPER_SEQ_LENGTH,
+    head: Head = "sequence_classification",
+    linear_only: bool = False,
+) -> int:
+    """FLOPs of one example of `seq_length` real tokens through the given sub-network and task head."""
+    macs = sum(
+        layer_macs(config.hidden_size, config.head_size, heads, neurons, seq_length, linear_only)
+        for _, heads, neurons in subnet_layer_shapes(config, width, depth)
+    )
+    return 2 * (macs + head_macs(config, head, seq_length))
+
+
+def paper_flops(
+    config: FlexBertConfig, width: Width = 1.0, depth: float = 1.0, head: Head = "sequence_classification"
+) -> int:
+    """The papers' figure: linear layers only, padded length 128 (BERT-base: 21.7 GFLOPs)."""
+    return subnet_flops(config, width, depth, PAPER_SEQ_LENGTH, head, linear_only=True)
+
+
+def subnet_num_parameters(
+    config: FlexBertConfig, width: Width = 1.0, depth: float = 1.0, head: Head = "sequence_classification"
+) -> int:
+    """Parameters of the compact model `export_subnet(width, depth)` builds (embeddings and head included)."""
+    hidden_size = config.hidden_size
+    layer_norm = 2 * hidden_size
+    embeddings = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * hidden_size
+    total = embeddings + layer_norm
+    for _, heads, neurons in subnet_layer_shapes(config, width, depth):
+        attention_width = heads * config.head_size
+        total += 3 * (hidden_size * attention_width + attention_width)  # query, key, value
+        total += attention_width * hidden_size + hidden_size + layer_norm  # attention output + LayerNorm
+        total += hidden_size * neurons + neurons  # FFN in
+        total += neurons * hidden_size + hidden_size + layer_norm  # FFN out + LayerNorm
+    if head == "sequence_classification":
+        total += hidden_size * hidden_size + hidden_size  # pooler
+        total += hidden_size * config.num_labels + config.num_labels
+    elif head == "question_answering":
+        total += hidden_size * config.num_labels + config.num_labels
+    else:
+        total += hidden_size * hidden_size + hidden_size  # the bare model keeps its pooler
+    return total
+
+
+__all__ = ["layer_macs", "paper_flops", "subnet_flops", "subnet_num_parameters"]

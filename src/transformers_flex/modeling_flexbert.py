@@ -1,0 +1,586 @@
+"""FlexBert: a BERT encoder whose width (heads + FFN neurons) and depth change at run time, from one weight set.
+
+Parameter names are BERT's, so every BERT checkpoint loads unchanged. A sub-network keeps a *prefix* of each
+layer's heads and FFN neurons (DynaBERT) and a subset of the layers (`every_other` or `prefix`). Every hidden
+state stays `hidden_size` wide.
+
+Part of the portable unit copied into every checkpoint: imports only torch/transformers and flat siblings.
+"""
+
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+)
+
+from .configuration_flexbert import DEPTH_RULES, FlexBertConfig
+
+Width = float | Sequence[float]
+
+
+def _round_half_up(value: float) -> int:
+    """Round to the nearest integer, halves up (Python's `round` sends 2.5 to 2)."""
+    return int(math.floor(value + 0.5))
+
+
+def heads_for_width(num_heads: int, width: float) -> int:
+    """Heads kept at width multiplier `width`: `round(num_heads * width)`, at least one."""
+    return max(1, _round_half_up(num_heads * width))
+
+
+def neurons_for_heads(intermediate_size: int, kept_heads: int, num_heads: int) -> int:
+    """FFN neurons kept alongside `kept_heads` heads: the FFN follows the head ratio (DynaBERT)."""
+    return max(1, kept_heads * intermediate_size // num_heads)
+
+
+def kept_layer_indices(num_layers: int, depth: float, depth_rule: str) -> list[int]:
+    """0-based indices of the layers a depth multiplier keeps, under `every_other` or `prefix`."""
+    if depth_rule not in DEPTH_RULES:
+        raise ValueError(f"`depth_rule` must be one of {DEPTH_RULES}, got {depth_rule!r}.")
+    kept = max(1, _round_half_up(num_layers * depth))
+    if depth_rule == "prefix":
+        return list(range(kept))
+    # every_other: layer floor(i / d) for i < n; the epsilon keeps exact quotients such as 3 / 0.75 at 4.
+    return [min(num_layers - 1, int(math.floor(i / depth + 1e-6))) for i in range(kept)]
+
+
+def subnet_layer_shapes(config: FlexBertConfig, width: Width, depth: float) -> list[tuple[int, int, int]]:
+    """`(layer index, heads, FFN neurons)` of every layer a sub-network runs; validates width and depth."""
+    widths = _per_layer_widths(width, config.num_hidden_layers)
+    _check_multiplier("depth", depth)
+    shapes = []
+    for index in kept_layer_indices(config.num_hidden_layers, depth, config.depth_rule):
+        num_heads = config.num_heads_of_layer(index)
+        heads = heads_for_width(num_heads, widths[index])
+        shapes.append((index, heads, neurons_for_heads(config.intermediate_size_of_layer(index), heads, num_heads)))
+    return shapes
+
+
+def _check_multiplier(name: str, value) -> None:
+    """Raise a clear error unless `value` is a number in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"`{name}` must be a number in (0, 1], got {value!r}.")
+
+
+def _per_layer_widths(width: Width, num_layers: int) -> list[float]:
+    """Expand a width (one number, or one per layer) to a validated per-layer list."""
+    if isinstance(width, (list, tuple)):
+        if len(width) != num_layers:
+            raise ValueError(
+                f"A per-layer `width` needs one entry per layer ({num_layers}), got {len(width)}: {list(width)}."
+            )
+        for layer_width in width:
+            _check_multiplier("width", layer_width)
+        return [float(layer_width) for layer_width in width]
+    _check_multiplier("width", width)
+    return [float(width)] * num_layers
+
+
+class FlexBertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm, dropout (as BERT's)."""
+
+    def __init__(self, config: FlexBertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        seq_length = inputs_embeds.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(seq_length, device=inputs_embeds.device).unsqueeze(0)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class FlexBertSelfAttention(nn.Module):
+    """Multi-head self-attention that runs its first `active_heads` heads."""
+
+    def __init__(self, config: FlexBertConfig, num_heads: int):
+        super().__init__()
+        self.head_size = config.head_size
+        self.num_heads = num_heads
+        self.active_heads = num_heads
+        self.query = nn.Linear(config.hidden_size, num_heads * self.head_size)
+        self.key = nn.Linear(config.hidden_size, num_heads * self.head_size)
+        self.value = nn.Linear(config.hidden_size, num_heads * self.head_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.config = config  # read at run time: `set_attn_implementation` may switch to eager later
+
+    def _project(self, linear: nn.Linear, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Apply `linear` for the active heads only, as (batch, heads, length, head_size)."""
+        if self.active_heads == self.num_heads:
+            projected = linear(hidden_states)  # the module itself, so adapters wrapping it (LoRA) take part
+        else:
+            rows = self.active_heads * self.head_size  # a row prefix of the weight is a contiguous view
+            projected = F.linear(hidden_states, linear.weight[:rows], linear.bias[:rows])
+        batch_size, seq_length, _ = hidden_states.shape
+        return projected.view(batch_size, seq_length, self.active_heads, self.head_size).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        query = self._project(self.query, hidden_states)
+        key = self._project(self.key, hidden_states)
+        value = self._project(self.value, hidden_states)
+        dropout = self.dropout.p if self.training else 0.0
+        if output_attentions or self.config._attn_implementation == "eager":
+            scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(self.head_size)
+            if attention_mask is not None:
+                scores = scores + attention_mask
+            probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=self.training)
+            context = torch.matmul(probs, value)
+        else:
+            probs = None
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout)
+        # (batch, heads, length, head_size) -> (batch, length, heads * head_size)
+        context = context.transpose(1, 2).flatten(2)
+        return context, (probs if output_attentions else None)
+
+
+def _input_prefix_linear(linear: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
+    """Apply `linear` to inputs that may be narrower than its input size, using the first columns of its weight."""
+    if inputs.shape[-1] == linear.in_features:
+        return linear(inputs)  # the module itself, so adapters wrapping it (LoRA) take part
+    return F.linear(inputs, linear.weight[:, : inputs.shape[-1]], linear.bias)
+
+
+class FlexBertSelfOutput(nn.Module):
+    """Attention output projection (its input width follows the active heads), residual, LayerNorm."""
+
+    def __init__(self, config: FlexBertConfig, num_heads: int):
+        super().__init__()
+        self.dense = nn.Linear(num_heads * config.head_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(_input_prefix_linear(self.dense, context)) + residual)
+
+
+class FlexBertAttention(nn.Module):
+    def __init__(self, config: FlexBertConfig, num_heads: int):
+        super().__init__()
+        self.self = FlexBertSelfAttention(config, num_heads)
+        self.output = FlexBertSelfOutput(config, num_heads)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        context, probs = self.self(hidden_states, attention_mask, output_attentions)
+        return self.output(context, hidden_states), probs
+
+
+class FlexBertIntermediate(nn.Module):
+    """First FFN projection, running its first `active_size` neurons."""
+
+    def __init__(self, config: FlexBertConfig, intermediate_size: int):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, intermediate_size)
+        self.active_size = intermediate_size
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.active_size == self.dense.out_features:
+            projected = self.dense(hidden_states)
+        else:
+            projected = F.linear(hidden_states, self.dense.weight[: self.active_size], self.dense.bias[: self.active_size])
+        return self.intermediate_act_fn(projected)
+
+
+class FlexBertOutput(nn.Module):
+    """Second FFN projection (its input width follows the active neurons), residual, LayerNorm."""
+
+    def __init__(self, config: FlexBertConfig, intermediate_size: int):
+        super().__init__()
+        self.dense = nn.Linear(intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, intermediate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(_input_prefix_linear(self.dense, intermediate)) + residual)
+
+
+class FlexBertLayer(nn.Module):
+    """One Transformer layer whose width (heads, and FFN neurons in the same ratio) can be narrowed."""
+
+    def __init__(self, config: FlexBertConfig, layer_index: int):
+        super().__init__()
+        self.num_heads = config.num_heads_of_layer(layer_index)
+        self.intermediate_size = config.intermediate_size_of_layer(layer_index)
+        self.attention = FlexBertAttention(config, self.num_heads)
+        self.intermediate = FlexBertIntermediate(config, self.intermediate_size)
+        self.output = FlexBertOutput(config, self.intermediate_size)
+
+    def set_width(self, width: float) -> None:
+        """Run the first `round(heads * width)` heads and the same share of FFN neurons."""
+        heads = heads_for_width(self.num_heads, width)
+        self.attention.self.active_heads = heads
+        self.intermediate.active_size = neurons_for_heads(self.intermediate_size, heads, self.num_heads)
+
+    @property
+    def active_heads(self) -> int:
+        return self.attention.self.active_heads
+
+    @property
+    def active_intermediate_size(self) -> int:
+        return self.intermediate.active_size
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_output, probs = self.attention(hidden_states, attention_mask, output_attentions)
+        intermediate = self.intermediate(attention_output)
+        return self.output(intermediate, attention_output), probs
+
+
+class FlexBertEncoder(nn.Module):
+    """The stack of layers; runs the layers the active depth keeps, each at its active width."""
+
+    def __init__(self, config: FlexBertConfig):
+        super().__init__()
+        self.config = config
+        self.layer = nn.ModuleList([FlexBertLayer(config, index) for index in range(config.num_hidden_layers)])
+        self.width: Width = 1.0
+        self.depth: float = 1.0
+        self.active_layers: list[int] = list(range(config.num_hidden_layers))
+
+    def set_subnet(self, width: Width = 1.0, depth: float = 1.0) -> None:
+        """Validate and apply a width (one number or one per layer) and a depth multiplier."""
+        widths = _per_layer_widths(width, len(self.layer))
+        _check_multiplier("depth", depth)
+        for layer, layer_width in zip(self.layer, widths):
+            layer.set_width(layer_width)
+        self.active_layers = kept_layer_indices(len(self.layer), depth, self.config.depth_rule)
+        self.width = list(width) if isinstance(width, (list, tuple)) else width
+        self.depth = depth
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for index in self.active_layers:
+            hidden_states, probs = self.layer[index](hidden_states, attention_mask, output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (probs,)
+        return hidden_states, all_hidden_states, all_attentions
+
+
+class FlexBertPooler(nn.Module):
+    """Dense + tanh on the first ([CLS]) token (as BERT's)."""
+
+    def __init__(self, config: FlexBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+class FlexBertPreTrainedModel(PreTrainedModel):
+    config_class = FlexBertConfig
+    config: FlexBertConfig
+    base_model_prefix = "bert"
+    _supports_sdpa = True
+    _no_split_modules = ["FlexBertEmbeddings", "FlexBertLayer"]
+    # BERT checkpoints may carry these buffers (and pre-training heads); they are not part of FlexBert.
+    _keys_to_ignore_on_load_unexpected = [r"position_ids", r"token_type_ids", r"^cls\."]
+    # forward has no **kwargs, so the Trainer must not hand it loss kwargs (DESIGN.md rule 5).
+    accepts_loss_kwargs = False
+
+    # --- sub-network selection -------------------------------------------------------------------------------
+
+    @property
+    def _encoder(self) -> FlexBertEncoder:
+        return self.base_model.encoder
+
+    def set_subnet(self, width: Width = 1.0, depth: float = 1.0) -> None:
+        """Make the sub-network of width `width` (a multiplier, or one per layer) and depth `depth` active.
+
+        Raises `ValueError` for a width outside (0, 1], a per-layer list of the wrong length, or a depth outside
+        (0, 1].
+        """
+        self._encoder.set_subnet(width=width, depth=depth)
+
+    @contextmanager
+    def subnet(self, width: Width = 1.0, depth: float = 1.0) -> Iterator["FlexBertPreTrainedModel"]:
+        """Context manager form of `set_subnet`: the previous sub-network is restored on exit."""
+        previous = self.active_subnet
+        self.set_subnet(width=width, depth=depth)
+        try:
+            yield self
+        finally:
+            self.set_subnet(**previous)
+
+    @property
+    def active_subnet(self) -> dict:
+        """The active sub-network as `{"width": ..., "depth": ...}`."""
+        return {"width": self._encoder.width, "depth": self._encoder.depth}
+
+    def subnet_shape(self, width: Width = 1.0, depth: float = 1.0) -> list[tuple[int, int, int]]:
+        """`(layer index, heads, FFN neurons)` of every layer the given sub-network runs."""
+        return subnet_layer_shapes(self.config, width, depth)
+
+    def export_subnet(self, width: Width = 1.0, depth: float = 1.0) -> "FlexBertPreTrainedModel":
+        """A physically smaller copy that computes exactly what the given sub-network computes.
+
+        Its config lists each layer's head count and FFN size (`layer_num_heads`, `layer_intermediate_sizes`);
+        it saves and loads like any FlexBert checkpoint.
+        """
+        shape = self.subnet_shape(width=width, depth=depth)
+        kept = [index for index, _, _ in shape]
+        config = copy.deepcopy(self.config)
+        config.num_hidden_layers = len(shape)
+        config.layer_num_heads = [heads for _, heads, _ in shape]
+        config.layer_intermediate_sizes = [neurons for _, _, neurons in shape]
+        # Widths and depths of the export are relative to its own (smaller) layers.
+        config.width_mults, config.depth_mults = [1.0], [1.0]
+        config.gate_widths = [1.0]
+        config.exit_layers = [kept.index(layer - 1) + 1 for layer in config.exit_layers if layer - 1 in kept]
+        compact = type(self)(config).to(device=self.device, dtype=self.dtype)
+        renamed = {f"layer.{new}.": f"layer.{old}." for new, old in enumerate(kept)}
+        source = self.state_dict()
+        compact_state = {}
+        for name, tensor in compact.state_dict().items():
+            source_name = name
+            for new_prefix, old_prefix in renamed.items():
+                if new_prefix in name:
+                    source_name = name.replace(new_prefix, old_prefix)
+                    break
+            # Every sliced tensor keeps a prefix along each dimension (heads and neurons are prefixes).
+            compact_state[name] = source[source_name][tuple(slice(0, size) for size in tensor.shape)].clone()
+        compact.load_state_dict(compact_state)
+        compact.train(self.training)
+        return compact
+
+    # --- shared forward pieces ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _reject_head_mask(head_mask: torch.Tensor | None) -> None:
+        if head_mask is not None:
+            raise ValueError(
+                "FlexBert does not take `head_mask` (transformers 5 removed it); choose heads with "
+                "`model.set_subnet(width=...)`, or see `transformers_flex.importance` for head gates."
+            )
+
+
+def _additive_attention_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(batch, length) 1/0 mask -> (batch, 1, 1, length) additive mask; None when nothing is padded."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    blocked = attention_mask[:, None, None, :].eq(0)
+    return torch.zeros(blocked.shape, dtype=dtype, device=attention_mask.device).masked_fill(
+        blocked, torch.finfo(dtype).min
+    )
+
+
+class FlexBertModel(FlexBertPreTrainedModel):
+    """The bare FlexBert encoder (embeddings, flexible layers, optional pooler)."""
+
+    def __init__(self, config: FlexBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = FlexBertEmbeddings(config)
+        self.encoder = FlexBertEncoder(config)
+        self.pooler = FlexBertPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        self._reject_head_mask(head_mask)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
+        output_hidden_states = bool(
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        mask = _additive_attention_mask(attention_mask, embeddings.dtype)
+        sequence_output, hidden_states, attentions = self.encoder(
+            embeddings, mask, output_hidden_states=output_hidden_states, output_attentions=output_attentions
+        )
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=sequence_output,
+            pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
+            hidden_states=hidden_states,
+            attentions=attentions,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
+    """FlexBert with BERT's classification head (pooler -> dropout -> linear) for GLUE-style tasks."""
+
+    def __init__(self, config: FlexBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = FlexBertModel(config)
+        classifier_dropout = (
+            config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        )
+        self.dropout = nn.Dropout(classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """BERT's loss choice: MSE for regression, cross-entropy for single-label, BCE for multi-label."""
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.view(-1), labels.view(-1).to(logits.dtype))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple:
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            head_mask=head_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        output = SequenceClassifierOutput(
+            loss=self.classification_loss(logits, labels) if labels is not None else None,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class FlexBertForQuestionAnswering(FlexBertPreTrainedModel):
+    """FlexBert with BERT's extractive QA head (start and end logits per token)."""
+
+    def __init__(self, config: FlexBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = FlexBertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> QuestionAnsweringModelOutput | tuple:
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            head_mask=head_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).unbind(dim=-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            # Positions outside the input (truncated answers) are clamped to an ignored index, as in BERT.
+            ignored = start_logits.shape[1]
+            start_loss = F.cross_entropy(
+                start_logits, start_positions.view(-1).clamp(0, ignored), ignore_index=ignored
+            )
+            end_loss = F.cross_entropy(end_logits, end_positions.view(-1).clamp(0, ignored), ignore_index=ignored)
+            loss = (start_loss + end_loss) / 2
+        output = QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits.contiguous(),
+            end_logits=end_logits.contiguous(),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+__all__ = [
+    "FlexBertForQuestionAnswering",
+    "FlexBertForSequenceClassification",
+    "FlexBertModel",
+    "FlexBertPreTrainedModel",
+    "heads_for_width",
+    "kept_layer_indices",
+    "neurons_for_heads",
+    "subnet_layer_shapes",
+]
