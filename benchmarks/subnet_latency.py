@@ -11,27 +11,19 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
 from transformers_flex import FlexBertForSequenceClassification  # noqa: E402
+from transformers_flex.evaluation import interleaved_medians, subnet_grid  # noqa: E402
 from transformers_flex.flops import subnet_flops  # noqa: E402
 from transformers_flex.utils import default_backbone_path  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def time_forward(model: torch.nn.Module, batch: dict) -> float:
-    """Seconds of one forward pass."""
-    start = time.perf_counter()
-    model(**batch)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -52,41 +44,41 @@ def main() -> None:
         "input_ids": torch.randint(1000, config.vocab_size, (args.batch_size, args.seq_length)),
         "attention_mask": torch.ones(args.batch_size, args.seq_length, dtype=torch.long),
     }
-    subnets = [(width, depth) for depth in config.depth_mults for width in config.width_mults]
+    subnets = subnet_grid(config)
     exports = {subnet: model.export_subnet(*subnet).eval() for subnet in subnets}
 
-    def run_sliced(width: float, depth: float) -> float:
-        model.set_subnet(width=width, depth=depth)
-        return time_forward(model, batch)
+    def sliced(width: float, depth: float) -> Callable[[], object]:
+        def run() -> object:
+            model.set_subnet(width=width, depth=depth)
+            return model(**batch)
 
-    times = {("sliced", *subnet): [] for subnet in subnets} | {("export", *subnet): [] for subnet in subnets}
+        return run
+
+    def exported(width: float, depth: float) -> Callable[[], object]:
+        return lambda: exports[(width, depth)](**batch)
+
+    runners = {("sliced", *subnet): sliced(*subnet) for subnet in subnets}
+    runners |= {("export", *subnet): exported(*subnet) for subnet in subnets}
     with torch.inference_mode():
-        for round_index in tqdm(range(args.warmup + args.rounds), desc="rounds"):
-            for subnet in subnets:
-                sliced = run_sliced(*subnet)
-                exported = time_forward(exports[subnet], batch)
-                if round_index >= args.warmup:
-                    times[("sliced", *subnet)].append(sliced)
-                    times[("export", *subnet)].append(exported)
+        medians = interleaved_medians(runners, rounds=args.rounds, warmup=args.warmup, show_progress=True)
     model.set_subnet()
 
-    full_sliced = statistics.median(times[("sliced", 1.0, 1.0)])
+    full_sliced = medians[("sliced", 1.0, 1.0)]
     full_flops = subnet_flops(config, 1.0, 1.0, args.seq_length)
     rows = []
     for width, depth in subnets:
         flops_ratio = subnet_flops(config, width, depth, args.seq_length) / full_flops
-        sliced = statistics.median(times[("sliced", width, depth)])
-        exported = statistics.median(times[("export", width, depth)])
+        sliced_s, export_s = medians[("sliced", width, depth)], medians[("export", width, depth)]
         rows.append(
             {
                 "width": width,
                 "depth": depth,
                 "flops_ratio": flops_ratio,
-                "sliced_ms": 1000 * sliced,
-                "export_ms": 1000 * exported,
-                "sliced_ratio": sliced / full_sliced,
-                "export_ratio": exported / full_sliced,
-                "sliced_over_flops": (sliced / full_sliced) / flops_ratio,
+                "sliced_ms": 1000 * sliced_s,
+                "export_ms": 1000 * export_s,
+                "sliced_ratio": sliced_s / full_sliced,
+                "export_ratio": export_s / full_sliced,
+                "sliced_over_flops": (sliced_s / full_sliced) / flops_ratio,
             }
         )
     report = {

@@ -1,0 +1,184 @@
+"""`transformers-flex` command line: `demo` (the main job) and `export`."""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# The library must also work where the Hub is unreachable; local paths are used when present.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="BERT checkpoint (default: the packaged all-MiniLM-L6-v2).")
+    parser.add_argument("--data-dir", default=None, help="Local GLUE mirror (default: ../shared/data, else the Hub).")
+    parser.add_argument("--output-dir", default="runs/demo", help="Where the checkpoint and results.json go.")
+    parser.add_argument("--train-samples", type=int, default=4000, help="SST-2 training examples to fine-tune on.")
+    parser.add_argument("--importance-samples", type=int, default=512, help="Held-out training examples.")
+    parser.add_argument("--eval-samples", type=int, default=None, help="Dev examples (default: all 872).")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--latency-rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=42)
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    """Fine-tune the backbone as FlexBert on SST-2, rewire it, and tabulate every (width, depth) sub-network."""
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+    from . import FlexBertForSequenceClassification
+    from .data import load_glue, split_train_heldout, tokenize_glue
+    from .evaluation import evaluate_subnets, predict, subnet_grid, subnet_latencies
+    from .importance import compute_importance, rewire
+    from .utils import default_backbone_path
+
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    backbone = args.model or default_backbone_path()
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    raw = load_glue("sst2", args.data_dir)
+    train, heldout = split_train_heldout(raw["train"], args.train_samples, args.importance_samples, args.seed)
+    dev = raw["validation"] if args.eval_samples is None else raw["validation"].select(range(args.eval_samples))
+    train, heldout, dev = (tokenize_glue(split, tokenizer, "sst2", args.max_length) for split in (train, heldout, dev))
+    names = raw["train"].features["label"].names
+    model = FlexBertForSequenceClassification.from_pretrained(
+        backbone,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={name: index for index, name in enumerate(names)},
+    )
+
+    print(f"\n== 1. Fine-tune {backbone} as FlexBert on {len(train)} SST-2 examples (full width and depth)")
+    collator = DataCollatorWithPadding(tokenizer)
+    training_args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="flex-demo-"),
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.epochs,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=25,
+        seed=args.seed,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator).train()
+    model.eval()
+    dev_batches = DataLoader(dev, batch_size=64, collate_fn=collator)
+    subnets = subnet_grid(model.config)
+    print("\n== 2. Every sub-network before rewiring (heads and neurons in their pre-trained order)")
+    before = evaluate_subnets(model, dev_batches, subnets)
+
+    print(f"\n== 3. Importance on {len(heldout)} held-out training examples, then rewiring")
+    full_logits, _, _ = predict(model, dev_batches)
+    importance = compute_importance(model, DataLoader(heldout, batch_size=args.batch_size, collate_fn=collator))
+    rewire(model, importance)
+    rewired_logits, _, _ = predict(model, dev_batches)
+    rewiring_change = (full_logits - rewired_logits).abs().max().item()
+    print(f"largest change of a full-model dev logit after rewiring: {rewiring_change:.2e}")
+    after = evaluate_subnets(model, dev_batches, subnets)
+
+    print(f"\n== 4. Latency: one batch of {args.batch_size} dev sentences, median of {args.latency_rounds} rounds")
+    latency_batch = collator([dev[i] for i in range(min(args.batch_size, len(dev)))])
+    latencies = subnet_latencies(model, latency_batch, subnets, rounds=args.latency_rounds)
+
+    rows = []
+    for row_before, row in zip(before, after):
+        subnet = (row["width"], row["depth"])
+        rows.append(
+            row
+            | {
+                "accuracy_before_rewiring": row_before["accuracy"],
+                "latency_ms": 1000 * latencies[subnet],
+                "latency_ratio": latencies[subnet] / latencies[(1.0, 1.0)],
+            }
+        )
+    model.save_pretrained(output_dir / "model")
+    tokenizer.save_pretrained(output_dir / "model")
+    results = {
+        "backbone": backbone,
+        "task": "sst2",
+        "train_examples": len(train),
+        "dev_examples": len(dev),
+        "rewiring_max_logit_change": rewiring_change,
+        "settings": vars(args),
+        "subnets": rows,
+    }
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    print("\n" + format_subnet_table(rows))
+    print(f"\nSaved the rewired model to {output_dir / 'model'} and the table to {output_dir / 'results.json'}.")
+    print("Only the full model was trained: narrow or shallow sub-networks need FlexTrainer's distillation.")
+    return results
+
+
+def format_subnet_table(rows: list[dict]) -> str:
+    """Markdown table of the demo's sub-networks."""
+    full_flops = next(row["mean_flops"] for row in rows if row["width"] == 1.0 and row["depth"] == 1.0)
+    lines = [
+        "| width | depth | dev acc | dev acc before rewiring | MFLOPs/example | FLOPs ratio | paper GFLOPs (len 128) "
+        "| latency ms | latency ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['width']} | {row['depth']} | {100 * row['accuracy']:.1f} | "
+            f"{100 * row['accuracy_before_rewiring']:.1f} | {row['mean_flops'] / 1e6:.1f} | "
+            f"{row['mean_flops'] / full_flops:.3f} | {row['paper_flops'] / 1e9:.3f} | {row['latency_ms']:.1f} | "
+            f"{row['latency_ratio']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="A FlexBert checkpoint (directory or Hub id).")
+    parser.add_argument("output_dir", help="Where to write the exported checkpoint.")
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--depth", type=float, default=1.0)
+    parser.add_argument("--as-bert", action="store_true", help="Write a plain BERT checkpoint (full width only).")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    """Write the (width, depth) sub-network of a checkpoint as a compact FlexBert or a plain BERT checkpoint."""
+    from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    from . import FlexBertConfig
+    from .export import to_bert
+
+    config = AutoConfig.from_pretrained(args.checkpoint)
+    if config.model_type != FlexBertConfig.model_type:
+        raise SystemExit(f"{args.checkpoint} is a {config.model_type!r} checkpoint, not a FlexBert one.")
+    architecture = (config.architectures or ["FlexBertModel"])[0]
+    auto_class = {
+        "FlexBertForSequenceClassification": AutoModelForSequenceClassification,
+        "FlexBertForQuestionAnswering": AutoModelForQuestionAnswering,
+    }.get(architecture, AutoModel)
+    model = auto_class.from_pretrained(args.checkpoint)
+    exported = to_bert(model, args.width, args.depth) if args.as_bert else model.export_subnet(args.width, args.depth)
+    exported.save_pretrained(args.output_dir)
+    try:
+        AutoTokenizer.from_pretrained(args.checkpoint).save_pretrained(args.output_dir)
+    except (OSError, ValueError):
+        print("No tokenizer found beside the checkpoint; only the model was written.")
+    print(f"Wrote {type(exported).__name__} ({exported.num_parameters():,} parameters) to {args.output_dir}.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="transformers-flex", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_demo_arguments(commands.add_parser("demo", help="Fine-tune, rewire and tabulate every sub-network (SST-2)."))
+    add_export_arguments(commands.add_parser("export", help="Export a static sub-network as its own checkpoint."))
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        run_demo(args)
+    else:
+        run_export(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""GLUE loading and preprocessing: the Hub's `nyu-mll/glue` online, or a local mirror with the same layout."""
+
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, load_dataset
+from transformers import PreTrainedTokenizerBase
+
+from .utils import default_data_dir
+
+HUB_GLUE = "nyu-mll/glue"
+
+# Text columns of every GLUE task (second is None for single-sentence tasks).
+GLUE_TEXT_COLUMNS: dict[str, tuple[str, str | None]] = {
+    "cola": ("sentence", None),
+    "sst2": ("sentence", None),
+    "mrpc": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"),
+    "stsb": ("sentence1", "sentence2"),
+    "mnli": ("premise", "hypothesis"),
+    "qnli": ("question", "sentence"),
+    "rte": ("sentence1", "sentence2"),
+    "wnli": ("sentence1", "sentence2"),
+}
+# The dev split name of each task (MNLI has two).
+GLUE_DEV_SPLIT = {task: "validation" for task in GLUE_TEXT_COLUMNS} | {"mnli": "validation_matched"}
+
+
+def check_glue_task(task: str) -> str:
+    """Return the task name, or raise a `ValueError` listing the GLUE tasks."""
+    if task not in GLUE_TEXT_COLUMNS:
+        raise ValueError(f"Unknown GLUE task {task!r}; choose one of {sorted(GLUE_TEXT_COLUMNS)}.")
+    return task
+
+
+def glue_num_labels(task: str) -> int:
+    """Outputs of the task's head: 1 for STS-B regression, 3 for MNLI, 2 otherwise."""
+    return {"stsb": 1, "mnli": 3}.get(check_glue_task(task), 2)
+
+
+def load_glue(task: str, data_dir: str | Path | None = None) -> DatasetDict:
+    """Load a GLUE task from `data_dir` (a mirror laid out like `nyu-mll/glue`), the default mirror, or the Hub."""
+    check_glue_task(task)
+    local = Path(data_dir) if data_dir is not None else default_data_dir()
+    if data_dir is not None and not (local / "glue" / task).is_dir():
+        raise FileNotFoundError(f"No GLUE task {task!r} under {local / 'glue'}.")
+    if local is not None and (local / "glue" / task).is_dir():
+        return load_dataset(str(local / "glue"), task)
+    return load_dataset(HUB_GLUE, task)
+
+
+def tokenize_glue(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, max_length: int = 128) -> Dataset:
+    """Tokenize a GLUE split (truncated, unpadded) and rename `label` to `labels`; text columns are dropped."""
+    first, second = GLUE_TEXT_COLUMNS[check_glue_task(task)]
+
+    def encode(examples: dict) -> dict:
+        texts = (examples[first],) if second is None else (examples[first], examples[second])
+        return tokenizer(*texts, truncation=True, max_length=max_length)
+
+    kept = {"label"}
+    encoded = dataset.map(
+        encode, batched=True, remove_columns=[c for c in dataset.column_names if c not in kept], desc="tokenize"
+    )
+    return encoded.rename_column("label", "labels")
+
+
+def split_train_heldout(train: Dataset, num_train: int | None, num_heldout: int, seed: int = 42) -> tuple[Dataset, Dataset]:
+    """Shuffle the training split once and cut it into a training subset and a disjoint held-out slice.
+
+    The held-out slice (for importance, never the dev set) comes first; `num_train=None` keeps all the rest.
+    """
+    if num_heldout >= len(train):
+        raise ValueError(f"`num_heldout` ({num_heldout}) must be smaller than the training split ({len(train)}).")
+    shuffled = train.shuffle(seed=seed)
+    heldout = shuffled.select(range(num_heldout))
+    end = len(train) if num_train is None else min(len(train), num_heldout + num_train)
+    return shuffled.select(range(num_heldout, end)), heldout
+
+
+__all__ = ["GLUE_TEXT_COLUMNS", "glue_num_labels", "load_glue", "split_train_heldout", "tokenize_glue"]

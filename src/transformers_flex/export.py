@@ -1,0 +1,55 @@
+"""Static export: a FlexBert sub-network as a plain `BertFor*` model that loads without this package."""
+
+from transformers import BertConfig, BertForQuestionAnswering, BertForSequenceClassification, BertModel, PreTrainedModel
+
+from .modeling_flexbert import FlexBertPreTrainedModel, Width
+
+# FlexBert class name -> the transformers class with the same parameter names. Branch on names, not isinstance:
+# remote-code classes are not the package's classes (DESIGN.md rule 11).
+BERT_CLASSES = {
+    "FlexBertModel": BertModel,
+    "FlexBertForSequenceClassification": BertForSequenceClassification,
+    "FlexBertForQuestionAnswering": BertForQuestionAnswering,
+}
+FLEX_ONLY_FIELDS = (
+    "width_mults",
+    "depth_mults",
+    "depth_rule",
+    "exit_layers",
+    "exit_criterion",
+    "exit_threshold",
+    "gate_widths",
+    "layer_num_heads",
+    "layer_intermediate_sizes",
+    "auto_map",
+    "architectures",
+    "model_type",
+)
+
+
+def to_bert(model: FlexBertPreTrainedModel, width: Width = 1.0, depth: float = 1.0) -> PreTrainedModel:
+    """The (width, depth) sub-network as a vanilla `BertModel` / `BertFor*` with identical outputs.
+
+    BERT gives every layer the same number of heads and FFN neurons, so only sub-networks of full width can be
+    written this way; narrower ones are exported with `model.export_subnet` (a compact FlexBert checkpoint).
+    """
+    class_name = type(model).__name__
+    if class_name not in BERT_CLASSES:
+        raise ValueError(f"No BERT equivalent of {class_name}; expected one of {sorted(BERT_CLASSES)}.")
+    compact = model.export_subnet(width=width, depth=depth)
+    config = compact.config
+    if set(config.layer_num_heads) != {config.num_attention_heads} or set(config.layer_intermediate_sizes) != {
+        config.intermediate_size
+    }:
+        raise ValueError(
+            "A plain BERT checkpoint needs every layer at full width (all heads and FFN neurons); got heads "
+            f"{config.layer_num_heads} and FFN sizes {config.layer_intermediate_sizes}. Use width=1.0, or save "
+            "`model.export_subnet(...)` as a FlexBert checkpoint instead."
+        )
+    fields = {key: value for key, value in config.to_dict().items() if key not in FLEX_ONLY_FIELDS}
+    bert = BERT_CLASSES[class_name](BertConfig(**fields))
+    bert.load_state_dict(compact.state_dict(), strict=True)
+    return bert.to(device=model.device, dtype=model.dtype).train(model.training)
+
+
+__all__ = ["to_bert"]
