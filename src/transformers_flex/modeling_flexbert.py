@@ -525,6 +525,8 @@ class FlexBertForQuestionAnswering(FlexBertPreTrainedModel):
 
     def __init__(self, config: FlexBertConfig):
         super().__init__(config)
+        if config.num_labels != 2:
+            raise ValueError(f"Question answering needs `num_labels=2` (start and end), got {config.num_labels}.")
         self.num_labels = config.num_labels
         self.bert = FlexBertModel(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)

