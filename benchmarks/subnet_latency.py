@@ -82,7 +82,8 @@ def main() -> None:
             }
         )
     report = {
-        "command": "python benchmarks/subnet_latency.py " + " ".join(
+        "command": "python benchmarks/subnet_latency.py "
+        + " ".join(
             f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items() if key not in ("output", "model")
         ),
         "machine": {

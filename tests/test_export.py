@@ -29,7 +29,9 @@ def test_export_equals_sliced_supernet_and_is_smaller(tiny_config, tiny_inputs, 
     model = cls(tiny_config).eval()
     compact = model.export_subnet(width=width, depth=depth)
     with torch.no_grad(), model.subnet(width=width, depth=depth):
-        torch.testing.assert_close(first_output(compact(**tiny_inputs)), first_output(model(**tiny_inputs)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            first_output(compact(**tiny_inputs)), first_output(model(**tiny_inputs)), atol=1e-5, rtol=0
+        )
     assert compact.num_parameters() == subnet_num_parameters(tiny_config, width, depth, head=HEADS[cls])
     assert model.active_subnet == {"width": 1.0, "depth": 1.0}  # exporting leaves the supernet untouched
     if (width, depth) != (1.0, 1.0):
@@ -72,4 +74,6 @@ def test_loading_into_mismatched_shapes_is_an_error(tiny_config, tmp_path):
     model.export_subnet(width=0.5).save_pretrained(tmp_path)
     # The same weights into a model that expects full-size layers: shapes disagree and loading must refuse.
     with pytest.raises(RuntimeError, match="mismatch"):
-        FlexBertForSequenceClassification.from_pretrained(tmp_path, layer_num_heads=None, layer_intermediate_sizes=None)
+        FlexBertForSequenceClassification.from_pretrained(
+            tmp_path, layer_num_heads=None, layer_intermediate_sizes=None
+        )

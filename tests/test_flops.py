@@ -12,7 +12,10 @@ from transformers_flex.flops import paper_flops, subnet_flops
 @pytest.mark.parametrize("eager", [False, True])
 @pytest.mark.parametrize(
     ("cls", "head"),
-    [(FlexBertForSequenceClassification, "sequence_classification"), (FlexBertForQuestionAnswering, "question_answering")],
+    [
+        (FlexBertForSequenceClassification, "sequence_classification"),
+        (FlexBertForQuestionAnswering, "question_answering"),
+    ],
 )
 def test_analytic_flops_match_flop_counter(tiny_config, width, depth, eager, cls, head):
     tiny_config.num_labels = 2

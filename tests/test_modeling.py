@@ -39,8 +39,10 @@ def test_width_keeps_whole_heads_and_the_head_ratio_of_neurons():
 
 @pytest.mark.parametrize("bert_cls", [BertForSequenceClassification, BertForQuestionAnswering])
 def test_full_model_equals_vanilla_bert(tiny_config, tiny_inputs, bert_cls):
-    flex_cls = FlexBertForSequenceClassification if bert_cls is BertForSequenceClassification else (
-        FlexBertForQuestionAnswering
+    flex_cls = (
+        FlexBertForSequenceClassification
+        if bert_cls is BertForSequenceClassification
+        else (FlexBertForQuestionAnswering)
     )
     tiny_config.num_labels = 2
     flex = make_model(tiny_config, cls=flex_cls)

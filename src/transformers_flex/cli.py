@@ -144,8 +144,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> None:
     """Write the (width, depth) sub-network of a checkpoint as a compact FlexBert or a plain BERT checkpoint."""
-    from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
-    from transformers import AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     from . import FlexBertConfig
     from .export import to_bert

@@ -144,7 +144,9 @@ class FlexBertConfig(PreTrainedConfig):
                 f"`exit_layers` must be a list of 1-based layer indices in [1, {self.num_hidden_layers}], "
                 f"got {self.exit_layers!r}."
             )
-        _check_per_layer_sizes("layer_num_heads", self.layer_num_heads, self.num_hidden_layers, self.num_attention_heads)
+        _check_per_layer_sizes(
+            "layer_num_heads", self.layer_num_heads, self.num_hidden_layers, self.num_attention_heads
+        )
         _check_per_layer_sizes(
             "layer_intermediate_sizes", self.layer_intermediate_sizes, self.num_hidden_layers, self.intermediate_size
         )
@@ -160,7 +162,9 @@ class FlexBertConfig(PreTrainedConfig):
 
     def intermediate_size_of_layer(self, layer: int) -> int:
         """FFN neurons layer `layer` physically has (fewer than `intermediate_size` in an exported model)."""
-        return self.intermediate_size if self.layer_intermediate_sizes is None else self.layer_intermediate_sizes[layer]
+        return (
+            self.intermediate_size if self.layer_intermediate_sizes is None else self.layer_intermediate_sizes[layer]
+        )
 
 
 __all__ = ["FlexBertConfig"]

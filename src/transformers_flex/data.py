@@ -63,7 +63,9 @@ def tokenize_glue(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: st
     return encoded.rename_column("label", "labels")
 
 
-def split_train_heldout(train: Dataset, num_train: int | None, num_heldout: int, seed: int = 42) -> tuple[Dataset, Dataset]:
+def split_train_heldout(
+    train: Dataset, num_train: int | None, num_heldout: int, seed: int = 42
+) -> tuple[Dataset, Dataset]:
     """Shuffle the training split once and cut it into a training subset and a disjoint held-out slice.
 
     The held-out slice (for importance, never the dev set) comes first; `num_train=None` keeps all the rest.

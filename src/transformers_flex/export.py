@@ -1,6 +1,12 @@
 """Static export: a FlexBert sub-network as a plain `BertFor*` model that loads without this package."""
 
-from transformers import BertConfig, BertForQuestionAnswering, BertForSequenceClassification, BertModel, PreTrainedModel
+from transformers import (
+    BertConfig,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertModel,
+    PreTrainedModel,
+)
 
 from .modeling_flexbert import FlexBertPreTrainedModel, Width
 

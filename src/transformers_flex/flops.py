@@ -18,7 +18,9 @@ PAPER_SEQ_LENGTH = 128  # the papers count linear layers only, at padded length 
 def layer_macs(hidden_size: int, head_size: int, heads: int, neurons: int, seq_length: int, linear_only: bool) -> int:
     """Multiply-accumulates of one layer for one example of `seq_length` tokens."""
     attention_width = heads * head_size
-    linear = seq_length * (3 * hidden_size * attention_width + attention_width * hidden_size + 2 * hidden_size * neurons)
+    linear = seq_length * (
+        3 * hidden_size * attention_width + attention_width * hidden_size + 2 * hidden_size * neurons
+    )
     attention = 0 if linear_only else 2 * seq_length * seq_length * attention_width
     return linear + attention
 

@@ -72,7 +72,9 @@ def compute_importance(
     gates = [torch.ones(layer.num_heads, device=device, requires_grad=True) for layer in layers]
     head_scores = [torch.zeros(layer.num_heads, device=device) for layer in layers]
     neuron_scores = [torch.zeros(layer.intermediate_size, device=device) for layer in layers]
-    ffn_params = [p for layer in layers for m in (layer.intermediate.dense, layer.output.dense) for p in m.parameters()]
+    ffn_params = [
+        p for layer in layers for m in (layer.intermediate.dense, layer.output.dense) for p in m.parameters()
+    ]
     saved_requires_grad = [p.requires_grad for p in ffn_params]
     hooks = [_gate_heads(layer, gate) for layer, gate in zip(layers, gates)]
     was_training = model.training

@@ -111,7 +111,9 @@ class FlexBertEmbeddings(nn.Module):
             position_ids = torch.arange(seq_length, device=inputs_embeds.device).unsqueeze(0)
         if token_type_ids is None:
             token_type_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
+        embeddings = (
+            inputs_embeds + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
+        )
         return self.dropout(self.LayerNorm(embeddings))
 
 
@@ -209,7 +211,9 @@ class FlexBertIntermediate(nn.Module):
         if self.active_size == self.dense.out_features:
             projected = self.dense(hidden_states)
         else:
-            projected = F.linear(hidden_states, self.dense.weight[: self.active_size], self.dense.bias[: self.active_size])
+            projected = F.linear(
+                hidden_states, self.dense.weight[: self.active_size], self.dense.bias[: self.active_size]
+            )
         return self.intermediate_act_fn(projected)
 
 

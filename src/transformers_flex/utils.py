@@ -17,7 +17,10 @@ def default_backbone_path() -> str:
 
 def default_data_dir() -> Path | None:
     """The local GLUE/SQuAD mirror: `$TRANSFORMERS_FLEX_DATA_DIR`, else `../shared/data` beside the project."""
-    candidates = [os.environ.get("TRANSFORMERS_FLEX_DATA_DIR"), Path(__file__).resolve().parents[3] / "shared" / "data"]
+    candidates = [
+        os.environ.get("TRANSFORMERS_FLEX_DATA_DIR"),
+        Path(__file__).resolve().parents[3] / "shared" / "data",
+    ]
     for candidate in candidates:
         if candidate and (Path(candidate) / "glue").is_dir():
             return Path(candidate)

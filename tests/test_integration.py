@@ -1,0 +1,200 @@
+"""The real backbone (all-MiniLM-L6-v2) and real SST-2 data."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from transformers import (
+    AutoTokenizer,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    DataCollatorWithPadding,
+)
+
+from transformers_flex import FlexBertForQuestionAnswering, FlexBertForSequenceClassification, FlexBertModel
+from transformers_flex.data import load_glue, split_train_heldout, tokenize_glue
+from transformers_flex.export import to_bert
+from transformers_flex.importance import compute_importance, rewire
+
+pytestmark = pytest.mark.integration
+
+SENTENCES = ["a gripping , beautifully acted film .", "dull"]
+PAIRS = (
+    ["The cat sat on the mat.", "Stocks fell sharply on Monday after the report was published."],
+    ["A cat was sitting on a mat.", "Markets dropped."],
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(backbone_path):
+    return AutoTokenizer.from_pretrained(backbone_path)
+
+
+@pytest.fixture(scope="module")
+def bert_checkpoint(backbone_path, tmp_path_factory):
+    """A real BERT classifier checkpoint: the backbone with a seeded classification head."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("bert")
+    BertForSequenceClassification.from_pretrained(backbone_path, num_labels=2).save_pretrained(path)
+    return path
+
+
+def batches(tokenizer):
+    single = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    pairs = tokenizer(*PAIRS, padding=True, return_tensors="pt")
+    assert not single["attention_mask"].all() and not pairs["attention_mask"].all()  # both batches are padded
+    return [single, pairs]
+
+
+def test_full_flexbert_equals_vanilla_bert_on_the_real_backbone(bert_checkpoint, tokenizer):
+    bert = BertForSequenceClassification.from_pretrained(bert_checkpoint).eval()
+    flex = FlexBertForSequenceClassification.from_pretrained(bert_checkpoint).eval()
+    with torch.no_grad():
+        for batch in batches(tokenizer):
+            assert (flex(**batch).logits - bert(**batch).logits).abs().max() <= 1e-5
+
+
+def test_qa_head_equals_vanilla_bert_on_the_real_backbone(backbone_path, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    BertForQuestionAnswering.from_pretrained(backbone_path).save_pretrained(tmp_path)
+    bert = BertForQuestionAnswering.from_pretrained(tmp_path).eval()
+    flex = FlexBertForQuestionAnswering.from_pretrained(tmp_path).eval()
+    batch = tokenizer(*PAIRS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        flex_out, bert_out = flex(**batch), bert(**batch)
+    assert (flex_out.start_logits - bert_out.start_logits).abs().max() <= 1e-5
+    assert (flex_out.end_logits - bert_out.end_logits).abs().max() <= 1e-5
+
+
+def test_rewiring_keeps_outputs_and_sorts_importance(bert_checkpoint, tokenizer, data_dir):
+    train = load_glue("sst2", data_dir)["train"]
+    _, heldout = split_train_heldout(train, num_train=0, num_heldout=64, seed=0)
+    loader = DataLoader(
+        tokenize_glue(heldout, tokenizer, "sst2", max_length=64),
+        batch_size=16,
+        collate_fn=DataCollatorWithPadding(tokenizer),
+    )
+    model = FlexBertForSequenceClassification.from_pretrained(bert_checkpoint).eval()
+    probe = batches(tokenizer)
+    with torch.no_grad():
+        before = [model(**batch).logits for batch in probe]
+    importance = compute_importance(model, loader, show_progress=False)
+    assert all(p.grad is None for p in model.parameters())  # importance leaves no gradients behind
+    rewire(model, importance)
+    with torch.no_grad():
+        for batch, logits in zip(probe, before):
+            assert (model(**batch).logits - logits).abs().max() <= 1e-4
+    after = compute_importance(model, loader, show_progress=False)
+    for old, new in zip(importance.heads + importance.neurons, after.heads + after.neurons):
+        assert torch.all(new[:-1] >= new[1:] - 1e-4 * new.max())  # sorted descending, up to float noise
+        torch.testing.assert_close(new, old.sort(descending=True).values, rtol=1e-3, atol=1e-6)
+
+
+REMOTE_LOADER = textwrap.dedent(
+    """
+    import json, sys
+    import importlib.abc
+
+    class BlockPackage(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "transformers_flex":
+                raise ImportError("transformers_flex must not be importable here")
+
+    sys.meta_path.insert(0, BlockPackage())
+    import torch
+    import transformers
+
+    checkpoint, auto_class, inputs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    model = getattr(transformers, auto_class).from_pretrained(checkpoint, trust_remote_code=True).eval()
+    with torch.no_grad():
+        output = model(**{key: torch.tensor(value) for key, value in inputs.items()})
+    first = output[0] if auto_class != "AutoModelForQuestionAnswering" else output.start_logits
+    print(json.dumps({"class": type(model).__name__, "module": type(model).__module__, "output": first.tolist()}))
+    """
+)
+
+
+def load_in_clean_process(checkpoint, auto_class, inputs, tmp_path):
+    """Load `checkpoint` with `auto_class` in a subprocess where transformers_flex cannot be imported."""
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    encoded = json.dumps({key: value.tolist() for key, value in inputs.items()})
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_LOADER, str(checkpoint), auto_class, encoded],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("cls", "auto_class"),
+    [
+        (FlexBertModel, "AutoModel"),
+        (FlexBertForSequenceClassification, "AutoModelForSequenceClassification"),
+        (FlexBertForQuestionAnswering, "AutoModelForQuestionAnswering"),
+    ],
+)
+def test_checkpoint_loads_with_remote_code_without_the_package(backbone_path, tokenizer, tmp_path, cls, auto_class):
+    torch.manual_seed(0)
+    model = cls.from_pretrained(backbone_path, depth_rule="prefix").eval()
+    model.save_pretrained(tmp_path / "checkpoint")
+    assert {"configuration_flexbert.py", "modeling_flexbert.py"} <= set(os.listdir(tmp_path / "checkpoint"))
+    batch = tokenizer(*PAIRS, padding=True, return_tensors="pt")
+    loaded = load_in_clean_process(tmp_path / "checkpoint", auto_class, batch, tmp_path)
+    assert loaded["class"] == cls.__name__ and loaded["module"].startswith("transformers_modules")
+    with torch.no_grad():
+        output = model(**batch)
+    expected = output.start_logits if auto_class == "AutoModelForQuestionAnswering" else output[0]
+    assert (torch.tensor(loaded["output"]) - expected).abs().max() <= 1e-5
+
+
+def test_every_auto_class_loads_one_checkpoint(bert_checkpoint, tokenizer, tmp_path):
+    """One saved classifier also loads as the bare encoder (rule 1: the full auto_map is in the config)."""
+    model = FlexBertForSequenceClassification.from_pretrained(bert_checkpoint).eval()
+    model.save_pretrained(tmp_path / "checkpoint")
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    loaded = load_in_clean_process(tmp_path / "checkpoint", "AutoModel", batch, tmp_path)
+    assert loaded["class"] == "FlexBertModel"
+    with torch.no_grad():
+        expected = model.bert(**batch).last_hidden_state
+    assert (torch.tensor(loaded["output"]) - expected).abs().max() <= 1e-5
+
+
+def test_bert_export_loads_without_the_package(bert_checkpoint, tokenizer, tmp_path):
+    flex = FlexBertForSequenceClassification.from_pretrained(bert_checkpoint).eval()
+    to_bert(flex, width=1.0, depth=0.5).save_pretrained(tmp_path / "bert")
+    config = json.loads((tmp_path / "bert" / "config.json").read_text())
+    assert config["model_type"] == "bert" and "auto_map" not in config
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    loaded = load_in_clean_process(tmp_path / "bert", "AutoModelForSequenceClassification", batch, tmp_path)
+    assert loaded["class"] == "BertForSequenceClassification"
+    with torch.no_grad(), flex.subnet(depth=0.5):
+        assert (torch.tensor(loaded["output"]) - flex(**batch).logits).abs().max() <= 1e-5
+
+
+def test_demo_runs_end_to_end(data_dir, tmp_path):
+    """`transformers-flex demo` on a small budget: a rewired checkpoint and a row for every sub-network."""
+    command = [sys.executable, "-m", "transformers_flex.cli", "demo", "--output-dir", str(tmp_path)]
+    command += ["--train-samples", "64", "--importance-samples", "32", "--eval-samples", "64", "--latency-rounds", "1"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=900, env=os.environ | {"HF_HUB_OFFLINE": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {(row["width"], row["depth"]) for row in results["subnets"]} == {
+        (w, d) for w in (1.0, 0.75, 0.5, 0.25) for d in (1.0, 0.75, 0.5)
+    }
+    assert results["rewiring_max_logit_change"] <= 1e-4
+    full = next(row for row in results["subnets"] if (row["width"], row["depth"]) == (1.0, 1.0))
+    assert full["accuracy"] == full["accuracy_before_rewiring"]  # rewiring never changes the full model
+    reloaded = FlexBertForSequenceClassification.from_pretrained(tmp_path / "model")
+    assert reloaded.config.model_type == "flexbert"
