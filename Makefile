@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(OFFLINE) $(BIN)/transformers-flex demo
+	$(BIN)/transformers-flex demo
 
 test: setup
 	$(OFFLINE) $(BIN)/pytest -q

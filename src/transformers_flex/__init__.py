@@ -12,6 +12,9 @@ from transformers import (
 )
 
 from .configuration_flexbert import FlexBertConfig
+from .export import to_bert
+from .flops import paper_flops, subnet_flops, subnet_num_parameters
+from .importance import Importance, compute_importance, rewire
 from .modeling_flexbert import (
     FlexBertForQuestionAnswering,
     FlexBertForSequenceClassification,
@@ -34,6 +37,13 @@ FlexBertForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswer
 
 __all__ = [
     "FlexBertConfig",
+    "Importance",
+    "compute_importance",
+    "paper_flops",
+    "rewire",
+    "subnet_flops",
+    "subnet_num_parameters",
+    "to_bert",
     "FlexBertForQuestionAnswering",
     "FlexBertForSequenceClassification",
     "FlexBertModel",
