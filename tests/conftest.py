@@ -56,3 +56,29 @@ def data_dir():
     if path is None:
         pytest.skip("No local GLUE mirror (../shared/data or $TRANSFORMERS_FLEX_DATA_DIR).")
     return path
+
+
+def pad_collate(features: list[dict]) -> dict[str, torch.Tensor]:
+    """Pad token ids with 0 to the longest example of the batch (a tokenizer-free DataCollatorWithPadding)."""
+    length = max(len(f["input_ids"]) for f in features)
+    input_ids = torch.zeros(len(features), length, dtype=torch.long)
+    attention_mask = torch.zeros(len(features), length, dtype=torch.long)
+    for row, feature in enumerate(features):
+        input_ids[row, : len(feature["input_ids"])] = torch.tensor(feature["input_ids"])
+        attention_mask[row, : len(feature["input_ids"])] = 1
+    labels = torch.tensor([f["labels"] for f in features])
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def random_classification_dataset(num_examples: int, num_labels: int = 3, seed: int = 0):
+    """Random token sequences of lengths 4-12 whose label depends on their first token (so it is learnable)."""
+    from datasets import Dataset
+
+    generator = torch.Generator().manual_seed(seed)
+    rows = {"input_ids": [], "labels": []}
+    for _ in range(num_examples):
+        length = int(torch.randint(4, 13, (1,), generator=generator))
+        ids = torch.randint(1, 99, (length,), generator=generator).tolist()
+        rows["input_ids"].append(ids)
+        rows["labels"].append(ids[0] % num_labels)
+    return Dataset.from_dict(rows)

@@ -7,10 +7,16 @@
 - Rewiring permutes each layer's heads and neurons into descending importance. The full model computes the same
   function afterwards, and "the first k heads" of a narrower width become "the k most important".
 
+- Layer-wise neural grafting (Flexible BERT): in every layer, the least important half of the heads (and of the
+  neurons) receives a share of the weights of the most important half, paired by rank:
+  `W[u] = (1 - alpha) * W[u] + alpha * W[partner(u)]`. alpha is fixed (0.1 in the authors' code) or adapted per
+  pair from the entropy of the two units' weights (Filter Grafting, Meng et al. 2020).
+
 Compute importance on a held-out slice of the *training* data, never on the dev set you report on. Rewire before
 creating an optimizer or adding adapters: their state follows the old unit order.
 """
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -157,4 +163,102 @@ def rewire(model: FlexBertPreTrainedModel, importance: Importance) -> Importance
     return Importance(heads=sorted_heads, neurons=sorted_neurons)
 
 
-__all__ = ["Importance", "compute_importance", "permute_layer", "rewire"]
+def grafting_pairs(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(receivers, partners): the bottom half by importance, each paired with the top unit of the same rank.
+
+    The least important unit receives from the most important, the second least from the second most, and so on.
+    With an odd count the middle unit is left alone.
+    """
+    order = scores.argsort(descending=True, stable=True)
+    half = len(order) // 2
+    return order.flip(0)[:half], order[:half]
+
+
+def weight_entropy(weights: torch.Tensor, bins: int = 10) -> torch.Tensor:
+    """Entropy (natural log) of a `bins`-bin histogram of each row of `weights` (Filter Grafting's H)."""
+    rows = weights.detach().float()
+    low, high = rows.min(dim=1, keepdim=True).values, rows.max(dim=1, keepdim=True).values
+    # Bin index of every weight within its own row's range (a constant row falls entirely into bin 0).
+    index = ((rows - low) / (high - low).clamp(min=1e-12) * bins).long().clamp(max=bins - 1)
+    counts = torch.zeros(rows.shape[0], bins, device=rows.device).scatter_add_(1, index, torch.ones_like(rows))
+    probs = counts / counts.sum(dim=1, keepdim=True)
+    return -(probs * probs.clamp(min=1e-12).log()).sum(dim=1)
+
+
+def entropy_alpha(receiver_weights: torch.Tensor, partner_weights: torch.Tensor, c: float = 500.0) -> torch.Tensor:
+    """Share of the partner's weights each receiver takes, from the entropy of both units' weights.
+
+    Filter Grafting keeps `0.4/pi * atan(c * (H(receiver) - H(partner))) + 0.5` of the receiver itself: a unit whose
+    weights carry more information (higher entropy) keeps more of them. The partner's share is one minus that.
+    """
+    keep = 0.4 / math.pi * torch.atan(c * (weight_entropy(receiver_weights) - weight_entropy(partner_weights))) + 0.5
+    return 1.0 - keep
+
+
+def _head_unit_weights(layer: FlexBertLayer) -> torch.Tensor:
+    """One row per head: its query/key/value rows and biases and its attention-output columns, flattened."""
+    attention = layer.attention
+    projections = (attention.self.query, attention.self.key, attention.self.value)
+    parts = [projection.weight.view(layer.num_heads, -1) for projection in projections]
+    parts += [projection.bias.view(layer.num_heads, -1) for projection in projections]
+    parts.append(attention.output.dense.weight.t().reshape(layer.num_heads, -1))
+    return torch.cat(parts, dim=1)
+
+
+def _neuron_unit_weights(layer: FlexBertLayer) -> torch.Tensor:
+    """One row per FFN neuron: its intermediate row and bias and its FFN-output column."""
+    ffn_in, ffn_out = layer.intermediate.dense, layer.output.dense
+    return torch.cat([ffn_in.weight, ffn_in.bias[:, None], ffn_out.weight.t()], dim=1)
+
+
+def _mix_rows(tensor: torch.Tensor, receivers: torch.Tensor, partners: torch.Tensor, alpha: torch.Tensor) -> None:
+    """`tensor[r] = (1 - alpha) * tensor[r] + alpha * tensor[p]` for each pair, rows of `tensor` in place."""
+    alpha = alpha.to(tensor.dtype).view(-1, *([1] * (tensor.dim() - 1)))
+    tensor[receivers] = (1 - alpha) * tensor[receivers] + alpha * tensor[partners]
+
+
+@torch.no_grad()
+def graft_layer(
+    layer: FlexBertLayer,
+    head_scores: torch.Tensor,
+    neuron_scores: torch.Tensor,
+    alpha: float | None = 0.1,
+    entropy_c: float = 500.0,
+) -> None:
+    """Graft the top half of `layer`'s heads and neurons onto the bottom half (`alpha=None`: entropy-adaptive)."""
+    attention = layer.attention
+    head_size = attention.self.head_size
+    receivers, partners = grafting_pairs(head_scores.to(attention.self.query.weight.device))
+    if alpha is None:
+        units = _head_unit_weights(layer)
+        head_alpha = entropy_alpha(units[receivers], units[partners], entropy_c)
+    else:
+        head_alpha = torch.full((len(receivers),), float(alpha), device=receivers.device)
+    receiver_rows, partner_rows = _head_rows(receivers, head_size), _head_rows(partners, head_size)
+    row_alpha = head_alpha.repeat_interleave(head_size)
+    for projection in (attention.self.query, attention.self.key, attention.self.value):
+        _mix_rows(projection.weight, receiver_rows, partner_rows, row_alpha)
+        _mix_rows(projection.bias, receiver_rows, partner_rows, row_alpha)
+    _mix_rows(attention.output.dense.weight.t(), receiver_rows, partner_rows, row_alpha)
+
+    receivers, partners = grafting_pairs(neuron_scores.to(layer.intermediate.dense.weight.device))
+    if alpha is None:
+        units = _neuron_unit_weights(layer)
+        neuron_alpha = entropy_alpha(units[receivers], units[partners], entropy_c)
+    else:
+        neuron_alpha = torch.full((len(receivers),), float(alpha), device=receivers.device)
+    _mix_rows(layer.intermediate.dense.weight, receivers, partners, neuron_alpha)
+    _mix_rows(layer.intermediate.dense.bias, receivers, partners, neuron_alpha)
+    _mix_rows(layer.output.dense.weight.t(), receivers, partners, neuron_alpha)
+
+
+def graft(model: FlexBertPreTrainedModel, importance: Importance, alpha: float | None = 0.1, entropy_c: float = 500.0):
+    """Layer-wise neural grafting of every layer (see the module docstring); `alpha=None` adapts it by entropy."""
+    layers = _layers(model)
+    if len(importance.heads) != len(layers):
+        raise ValueError(f"Importance covers {len(importance.heads)} layers but the model has {len(layers)}.")
+    for layer, head_scores, neuron_scores in zip(layers, importance.heads, importance.neurons):
+        graft_layer(layer, head_scores, neuron_scores, alpha=alpha, entropy_c=entropy_c)
+
+
+__all__ = ["Importance", "compute_importance", "entropy_alpha", "graft", "grafting_pairs", "permute_layer", "rewire"]

@@ -1,0 +1,265 @@
+"""`FlexTrainer`: DynaBERT distillation over sub-networks, with layer-wise neural grafting (ALGORITHMS.md §4).
+
+Each optimizer step takes one batch, runs the teacher once (no gradients), then for every sub-network of the step
+(largest first) a forward and a backward whose gradients accumulate, so memory does not grow with the number of
+sub-networks; the `Trainer` then clips and steps once. Everything else — gradient accumulation, mixed precision,
+checkpoints and resuming, DDP, logging — is the `Trainer`'s own machinery.
+"""
+
+import math
+import random
+import time
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import Trainer
+from transformers.utils import logging
+
+from .importance import compute_importance, graft
+from .losses import hidden_states_distillation, logits_distillation
+from .training_args import FlexTrainingArguments
+
+logger = logging.get_logger(__name__)
+
+Subnet = tuple[float, float]
+
+
+def stage_subnets(config, stage: str) -> list[Subnet]:
+    """The (width, depth) pairs a stage trains, largest first: depth descending, then width descending."""
+    widths = sorted(config.width_mults, reverse=True)
+    depths = sorted(config.depth_mults, reverse=True)
+    if stage == "teacher":
+        return [(1.0, 1.0)]
+    if stage == "width":
+        return [(width, 1.0) for width in widths]
+    return [(width, depth) for depth in depths for width in widths]
+
+
+def sandwich_subnets(subnets: list[Subnet], num_random: int, rng: random.Random) -> list[Subnet]:
+    """Largest + smallest + `num_random` others drawn without replacement, in the stage's order."""
+    if len(subnets) <= 2 + num_random:
+        return list(subnets)
+    drawn = set(rng.sample(range(1, len(subnets) - 1), num_random))
+    return [subnets[0]] + [subnets[i] for i in sorted(drawn)] + [subnets[-1]]
+
+
+def grafting_steps(max_steps: int, num_epochs: int, times_per_epoch: int) -> set[int]:
+    """Global steps before which grafting happens: evenly inside every epoch but the last."""
+    steps_per_epoch = max_steps / num_epochs
+    return {
+        round(epoch * steps_per_epoch + k * steps_per_epoch / (times_per_epoch + 1))
+        for epoch in range(num_epochs - 1)
+        for k in range(1, times_per_epoch + 1)
+    }
+
+
+class FlexTrainer(Trainer):
+    """A `Trainer` for FlexBert models that trains every sub-network of a stage at once.
+
+    Args:
+        model: The FlexBert student.
+        args (`FlexTrainingArguments`): Training arguments; `args.flex_stage` picks the stage.
+        teacher_model: The teacher of the `width` and `width_depth` stages (a fine-tuned FlexBert). It is kept on the
+            trainer, never inside the student, so checkpoints hold the student only.
+        importance_dataset: Held-out *training* examples (tokenized, with labels) for the importance passes that
+            precede each graft. Required when `args.grafting`.
+        **kwargs: Everything `Trainer` takes (datasets, collator, `compute_metrics`, callbacks, ...).
+    """
+
+    # The losses computed here are batch means: the Trainer divides them by the accumulation steps (rule 5).
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: FlexTrainingArguments | None = None,
+        teacher_model: nn.Module | None = None,
+        importance_dataset=None,
+        **kwargs,
+    ):
+        if not isinstance(args, FlexTrainingArguments):
+            raise TypeError(f"FlexTrainer needs FlexTrainingArguments, got {type(args).__name__}.")
+        if args.flex_stage in ("width", "width_depth") and teacher_model is None:
+            raise ValueError(f"The {args.flex_stage!r} stage distils from a teacher: pass `teacher_model`.")
+        if teacher_model is not None and teacher_model is model:
+            raise ValueError("`teacher_model` must be a separate copy of the model (it is frozen).")
+        if args.grafting and importance_dataset is None:
+            raise ValueError("Grafting needs `importance_dataset` (held-out training examples with labels).")
+        super().__init__(model=model, args=args, **kwargs)
+        self.teacher_model = None
+        if teacher_model is not None:
+            self.teacher_model = teacher_model.to(self.args.device).eval().requires_grad_(False)
+        self.importance_dataset = importance_dataset
+        self._component_sums: dict[str, torch.Tensor] = {}
+        self._component_steps = 0
+        self._last_graft_step: int | None = None
+
+    # --- which sub-networks ------------------------------------------------------------------------------------
+
+    @property
+    def flex_model(self) -> nn.Module:
+        """The FlexBert student, unwrapped from DDP/compile wrappers."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def step_subnets(self) -> list[Subnet]:
+        """The sub-networks trained this step; sandwich draws depend on (seed, step) only, so resumes and DDP ranks
+        draw the same ones."""
+        subnets = stage_subnets(self.flex_model.config, self.args.flex_stage)
+        if self.args.subnet_sampling == "all":
+            return subnets
+        rng = random.Random(self.args.seed * 1_000_003 + self.state.global_step)
+        return sandwich_subnets(subnets, self.args.num_random_subnets, rng)
+
+    def eval_subnets(self) -> list[Subnet]:
+        if not self.args.eval_all_subnets:
+            return [(1.0, 1.0)]
+        return stage_subnets(self.flex_model.config, self.args.flex_stage)
+
+    # --- training ----------------------------------------------------------------------------------------------
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        if self.args.flex_stage == "teacher":
+            return super().training_step(model, inputs, num_items_in_batch)
+        self._maybe_graft()
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        flex = self.flex_model
+        teacher_cache: dict[float, Mapping] = {}
+        total = torch.zeros((), device=self.args.device)
+        components: dict[str, torch.Tensor] = {}
+        try:
+            for width, depth in self.step_subnets():
+                flex.set_subnet(width=width, depth=depth)
+                with self.compute_loss_context_manager():
+                    loss, parts = self.subnet_loss(model, inputs, width, teacher_cache)
+                # One backward per sub-network: its graph is freed before the next forward.
+                loss = loss / self.current_gradient_accumulation_steps
+                self.accelerator.backward(loss)
+                total += loss.detach()
+                for key, value in parts.items():
+                    components[key] = components.get(key, 0) + value.detach()
+        finally:
+            flex.set_subnet()
+        self._record_components(components)
+        return total
+
+    def subnet_loss(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], width: float, teacher_cache: dict
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of the active sub-network and its named parts."""
+        if self.args.flex_stage == "final":
+            loss = model(**inputs).loss
+            return loss, {"loss_ce": loss}
+        model_inputs = {
+            key: value for key, value in inputs.items() if key not in ("labels", "start_positions", "end_positions")
+        }
+        teacher_width = width if self.args.flex_stage == "width_depth" and self.args.teacher_width == "same" else 1.0
+        if teacher_width not in teacher_cache:
+            teacher_cache[teacher_width] = self.teacher_outputs(model_inputs, teacher_width)
+        teacher = teacher_cache[teacher_width]
+        use_hidden = self.args.lambda_hidden > 0
+        student = model(**model_inputs, output_hidden_states=use_hidden)
+        config = self.flex_model.config
+        regression = config.problem_type == "regression" or config.num_labels == 1
+        if hasattr(student, "start_logits"):  # extractive QA: distil both span distributions
+            loss_logits = (
+                logits_distillation(student.start_logits, teacher.start_logits, regression=False)
+                + logits_distillation(student.end_logits, teacher.end_logits, regression=False)
+            ) / 2
+        else:
+            loss_logits = logits_distillation(student.logits, teacher.logits, regression)
+        parts = {"loss_logits": loss_logits}
+        loss = self.args.lambda_logits * loss_logits
+        if use_hidden:
+            mask = model_inputs.get("attention_mask")
+            if mask is None:
+                mask = torch.ones(student.hidden_states[0].shape[:2], device=student.hidden_states[0].device)
+            active_layers = self.flex_model.base_model.encoder.active_layers
+            parts["loss_hidden"] = hidden_states_distillation(
+                student.hidden_states, teacher.hidden_states, active_layers, mask
+            )
+            loss = loss + self.args.lambda_hidden * parts["loss_hidden"]
+        return loss, parts
+
+    @torch.no_grad()
+    def teacher_outputs(self, model_inputs: dict[str, torch.Tensor], width: float) -> Mapping:
+        """The teacher's outputs (logits and every hidden state) at `width`, full depth."""
+        with self.teacher_model.subnet(width=width, depth=1.0):
+            return self.teacher_model(**model_inputs, output_hidden_states=self.args.lambda_hidden > 0)
+
+    # --- grafting ----------------------------------------------------------------------------------------------
+
+    def _maybe_graft(self) -> None:
+        """Graft before the first micro-batch of each scheduled step (once per step, also after a resume)."""
+        if not self.args.grafting or self.state.global_step == self._last_graft_step:
+            return
+        schedule = grafting_steps(
+            self.state.max_steps, math.ceil(self.state.num_train_epochs), self.args.grafting_times_per_epoch
+        )
+        if self.state.global_step not in schedule:
+            return
+        self._last_graft_step = self.state.global_step
+        importance = compute_importance(self.flex_model, self.importance_dataloader(), show_progress=False)
+        alpha = None if self.args.grafting_alpha_mode == "entropy" else self.args.grafting_alpha
+        graft(self.flex_model, importance, alpha=alpha, entropy_c=self.args.grafting_entropy_c)
+        logger.info(f"Grafted at step {self.state.global_step}.")
+
+    def importance_dataloader(self) -> DataLoader:
+        """The whole held-out set on every rank (not sharded), so every DDP rank grafts identically."""
+        dataset = self._remove_unused_columns(self.importance_dataset, description="importance")
+        return DataLoader(dataset, batch_size=self.args.importance_batch_size, collate_fn=self.data_collator)
+
+    # --- logging and evaluation --------------------------------------------------------------------------------
+
+    def _record_components(self, components: dict[str, torch.Tensor]) -> None:
+        for key, value in components.items():
+            self._component_sums[key] = self._component_sums.get(key, 0) + value
+        self._component_steps += 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean per-component losses (summed over a step's sub-networks) to training logs."""
+        if "loss" in logs and self._component_steps:
+            for key, total in self._component_sums.items():
+                logs[key] = round(float(total) / self._component_steps, 4)
+            self._component_sums, self._component_steps = {}, 0
+        super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset=None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"):
+        """Evaluate every sub-network of the stage: keys like `eval_w0.5_d1.0_accuracy`.
+
+        The full model's metrics also appear under the plain keys (`eval_accuracy`), so `metric_for_best_model`
+        works unchanged.
+        """
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        subnets = self.eval_subnets()
+        if isinstance(dataset, dict) or subnets == [(1.0, 1.0)]:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        start = time.time()
+        metrics = {}
+        for width, depth in subnets:
+            prefix = f"{metric_key_prefix}_w{width}_d{depth}"
+            with self.flex_model.subnet(width=width, depth=depth):
+                output = self.evaluation_loop(
+                    dataloader,
+                    description=f"Evaluation (width {width}, depth {depth})",
+                    prediction_loss_only=True if self.compute_metrics is None else None,
+                    ignore_keys=ignore_keys,
+                    metric_key_prefix=prefix,
+                )
+            metrics.update(output.metrics)
+            if (width, depth) == (1.0, 1.0):
+                metrics.update(
+                    {key.replace(prefix, metric_key_prefix, 1): value for key, value in output.metrics.items()}
+                )
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+__all__ = ["FlexTrainer", "grafting_steps", "sandwich_subnets", "stage_subnets"]

@@ -1,0 +1,114 @@
+"""`FlexTrainingArguments`: `TrainingArguments` plus the settings of flexible-model training (ALGORITHMS.md §3-4)."""
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+FLEX_STAGES = ("teacher", "width", "width_depth", "final")
+SUBNET_SAMPLING = ("all", "sandwich")
+TEACHER_WIDTHS = ("full", "same")
+GRAFTING_ALPHA_MODES = ("fixed", "entropy")
+
+# Default loss weights (lambda_logits, lambda_hidden) per distillation stage, as in DynaBERT.
+STAGE_LAMBDAS = {"width": (1.0, 0.1), "width_depth": (1.0, 1.0)}
+
+
+@dataclass
+class FlexTrainingArguments(TrainingArguments):
+    r"""
+    Training arguments of `FlexTrainer`: every `TrainingArguments` field, plus:
+
+    Args:
+        flex_stage (`str`, defaults to `"width"`):
+            `teacher` (plain fine-tuning of the full model), `width` (DynaBERT_W: distil into every width at full
+            depth), `width_depth` (distil into every (width, depth) pair), `final` (cross-entropy to gold labels
+            for every sub-network).
+        subnet_sampling (`str`, defaults to `"all"`):
+            `all` runs every sub-network of the stage each step; `sandwich` runs the largest, the smallest and
+            `num_random_subnets` others drawn at random.
+        num_random_subnets (`int`, defaults to 2):
+            Random sub-networks per step under sandwich sampling.
+        lambda_logits (`float`, *optional*):
+            Weight of the logits loss; defaults to 1.0.
+        lambda_hidden (`float`, *optional*):
+            Weight of the hidden-state loss; defaults to 0.1 in the width stage and 1.0 in the width_depth stage.
+        teacher_width (`str`, defaults to `"full"`):
+            Teacher of the width_depth stage: the width-trained model at `full` width (the authors' code) or at the
+            `same` width as each student (the paper).
+        grafting (`bool`, defaults to `False`):
+            Layer-wise neural grafting during the width stage.
+        grafting_alpha (`float`, defaults to 0.1):
+            Share of the partner's weights a bottom-half unit takes (`grafting_alpha_mode="fixed"`).
+        grafting_alpha_mode (`str`, defaults to `"fixed"`):
+            `fixed` uses `grafting_alpha`; `entropy` adapts it per pair from the units' weight entropies.
+        grafting_entropy_c (`float`, defaults to 500.0):
+            Steepness c of the entropy-adaptive coefficient.
+        grafting_times_per_epoch (`int`, defaults to 3):
+            Grafts per epoch, evenly spaced; never in the last epoch.
+        importance_batch_size (`int`, defaults to 32):
+            Batch size of the importance passes that precede each graft.
+        eval_all_subnets (`bool`, defaults to `True`):
+            Evaluate every sub-network of the stage (`eval_w0.5_d1.0_accuracy`-style keys); otherwise only the full
+            model.
+    """
+
+    flex_stage: str = field(default="width", metadata={"help": "Training stage.", "choices": list(FLEX_STAGES)})
+    subnet_sampling: str = field(
+        default="all",
+        metadata={
+            "help": "Sub-networks per step: every one, or largest + smallest + k random.",
+            "choices": list(SUBNET_SAMPLING),
+        },
+    )
+    num_random_subnets: int = field(
+        default=2, metadata={"help": "Random sub-networks per step when sandwich sampling."}
+    )
+    lambda_logits: float | None = field(default=None, metadata={"help": "Weight of the logits loss (default 1.0)."})
+    lambda_hidden: float | None = field(
+        default=None, metadata={"help": "Weight of the hidden-state loss (default 0.1 width stage, 1.0 width_depth)."}
+    )
+    teacher_width: str = field(
+        default="full",
+        metadata={
+            "help": "width_depth teacher: the width model at full width or the student's width.",
+            "choices": list(TEACHER_WIDTHS),
+        },
+    )
+    grafting: bool = field(default=False, metadata={"help": "Layer-wise neural grafting during the width stage."})
+    grafting_alpha: float = field(default=0.1, metadata={"help": "Partner share of grafted units (fixed mode)."})
+    grafting_alpha_mode: str = field(
+        default="fixed",
+        metadata={"help": "Fixed alpha or entropy-adaptive alpha.", "choices": list(GRAFTING_ALPHA_MODES)},
+    )
+    grafting_entropy_c: float = field(default=500.0, metadata={"help": "Steepness of the entropy-adaptive alpha."})
+    grafting_times_per_epoch: int = field(default=3, metadata={"help": "Grafts per epoch (never in the last epoch)."})
+    importance_batch_size: int = field(default=32, metadata={"help": "Batch size of importance passes."})
+    eval_all_subnets: bool = field(default=True, metadata={"help": "Evaluate every sub-network of the stage."})
+
+    def __post_init__(self):
+        for name, allowed in (
+            ("flex_stage", FLEX_STAGES),
+            ("subnet_sampling", SUBNET_SAMPLING),
+            ("teacher_width", TEACHER_WIDTHS),
+            ("grafting_alpha_mode", GRAFTING_ALPHA_MODES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
+        if self.num_random_subnets < 0:
+            raise ValueError(f"`num_random_subnets` must be >= 0, got {self.num_random_subnets}.")
+        if not 0 <= self.grafting_alpha <= 1:
+            raise ValueError(f"`grafting_alpha` must be in [0, 1], got {self.grafting_alpha}.")
+        if self.grafting and self.flex_stage != "width":
+            raise ValueError("`grafting` applies to the width stage only (`flex_stage='width'`).")
+        if self.grafting_times_per_epoch < 1:
+            raise ValueError(f"`grafting_times_per_epoch` must be >= 1, got {self.grafting_times_per_epoch}.")
+        default_logits, default_hidden = STAGE_LAMBDAS.get(self.flex_stage, (1.0, 0.0))
+        self.lambda_logits = default_logits if self.lambda_logits is None else self.lambda_logits
+        self.lambda_hidden = default_hidden if self.lambda_hidden is None else self.lambda_hidden
+        # Narrow or shallow sub-networks leave parameters unused in a step; DDP must look for them (rule 6).
+        if self.ddp_find_unused_parameters is None and self.flex_stage != "teacher":
+            self.ddp_find_unused_parameters = True
+        super().__post_init__()
+
+
+__all__ = ["FLEX_STAGES", "FlexTrainingArguments"]

@@ -1,0 +1,265 @@
+"""FlexTrainer under the Trainer's machinery, on a tiny random model and a tiny random task."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import pad_collate, random_classification_dataset
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from transformers_flex import FlexBertForSequenceClassification
+from transformers_flex.trainer import FlexTrainer, grafting_steps, sandwich_subnets, stage_subnets
+from transformers_flex.training_args import FlexTrainingArguments
+
+
+def make_args(tmp_path, **overrides):
+    settings = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        learning_rate=0.1,
+        optim="sgd",  # the update is linear in the gradient, so a wrongly scaled loss shows
+        max_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        seed=7,
+        disable_tqdm=True,
+    )
+    return FlexTrainingArguments(**(settings | overrides))
+
+
+def make_models(config, seed=0):
+    torch.manual_seed(seed)
+    teacher = FlexBertForSequenceClassification(config)
+    return copy.deepcopy(teacher), teacher
+
+
+def test_stage_subnets_are_largest_first():
+    from transformers_flex import FlexBertConfig
+
+    config = FlexBertConfig()
+    assert stage_subnets(config, "width") == [(1.0, 1.0), (0.75, 1.0), (0.5, 1.0), (0.25, 1.0)]
+    pairs = stage_subnets(config, "width_depth")
+    assert len(pairs) == 12 and pairs[0] == (1.0, 1.0) and pairs[-1] == (0.25, 0.5)
+    assert [d for _, d in pairs] == sorted((d for _, d in pairs), reverse=True)
+
+
+def test_sandwich_keeps_largest_and_smallest():
+    import random
+
+    subnets = stage_subnets(__import__("transformers_flex").FlexBertConfig(), "width_depth")
+    for seed in range(20):
+        drawn = sandwich_subnets(subnets, 2, random.Random(seed))
+        assert drawn[0] == subnets[0] and drawn[-1] == subnets[-1] and len(set(drawn)) == 4
+        assert drawn == sorted(drawn, key=subnets.index)
+
+
+def test_grafting_schedule_skips_the_last_epoch():
+    steps = grafting_steps(max_steps=40, num_epochs=4, times_per_epoch=3)
+    assert len(steps) == 9 and max(steps) < 30 and all(step % 10 != 0 for step in steps)
+    assert grafting_steps(max_steps=10, num_epochs=1, times_per_epoch=3) == set()
+
+
+@pytest.mark.parametrize("stage", ["teacher", "width", "width_depth", "final"])
+def test_gradient_accumulation_gives_the_same_update(tiny_config, tmp_path, stage):
+    tiny_config.hidden_dropout_prob = tiny_config.attention_probs_dropout_prob = 0.0  # same forward either way
+    data = random_classification_dataset(16)
+    results = []
+    for batch_size, accumulation in ((8, 1), (4, 2)):
+        student, teacher = make_models(tiny_config)
+        args = make_args(
+            tmp_path / f"ga{accumulation}",
+            flex_stage=stage,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_grad_norm=0.0,  # no clipping: compare raw updates
+        )
+        trainer = FlexTrainer(
+            model=student,
+            args=args,
+            teacher_model=teacher if stage in ("width", "width_depth") else None,
+            train_dataset=data,
+            data_collator=pad_collate,
+        )
+        trainer.train()
+        results.append({name: p.detach().clone() for name, p in student.named_parameters()})
+    changed = 0
+    for name, value in results[0].items():
+        torch.testing.assert_close(results[1][name], value, atol=1e-6, rtol=1e-5)
+        changed += int(not torch.equal(value, dict(make_models(tiny_config)[0].named_parameters())[name]))
+    assert changed > 0  # the step did update the model
+
+
+def test_width_stage_trains_every_width_and_teacher_stays_frozen(tiny_config, tmp_path):
+    student, teacher = make_models(tiny_config)
+    teacher_before = copy.deepcopy(teacher.state_dict())
+    initial = copy.deepcopy(student.state_dict())
+    args = make_args(tmp_path, flex_stage="width", max_steps=2)
+    FlexTrainer(
+        model=student,
+        args=args,
+        teacher_model=teacher,
+        train_dataset=random_classification_dataset(16),
+        data_collator=pad_collate,
+    ).train()
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, teacher_before[name])
+    # The student started equal to its teacher: only the narrow sub-networks' losses move it.
+    assert any(not torch.equal(value, initial[name]) for name, value in student.state_dict().items())
+
+
+def test_every_subnet_is_evaluated_and_the_teacher_is_not_saved(tiny_config, tmp_path):
+    student, teacher = make_models(tiny_config)
+    data = random_classification_dataset(16)
+    args = make_args(tmp_path, flex_stage="width_depth", max_steps=1, save_strategy="steps", save_steps=1)
+    trainer = FlexTrainer(
+        model=student,
+        args=args,
+        teacher_model=teacher,
+        train_dataset=data,
+        eval_dataset=data,
+        data_collator=pad_collate,
+        compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    for width in (1.0, 0.75, 0.5, 0.25):
+        for depth in (1.0, 0.75, 0.5):
+            assert f"eval_w{width}_d{depth}_accuracy" in metrics
+    assert metrics["eval_accuracy"] == metrics["eval_w1.0_d1.0_accuracy"]
+    with student.subnet(width=0.25, depth=0.5), torch.no_grad():
+        batch = pad_collate([data[i] for i in range(len(data))])
+        accuracy = student(**{k: v for k, v in batch.items() if k != "labels"}).logits.argmax(-1) == batch["labels"]
+    assert metrics["eval_w0.25_d0.5_accuracy"] == pytest.approx(accuracy.float().mean().item())
+    saved = load_file(Path(tmp_path) / "checkpoint-1" / "model.safetensors")
+    assert set(saved) == set(student.state_dict())
+
+
+def test_component_losses_are_logged(tiny_config, tmp_path):
+    student, teacher = make_models(tiny_config)
+    args = make_args(tmp_path, flex_stage="width", max_steps=2, logging_steps=1)
+    trainer = FlexTrainer(
+        model=student,
+        args=args,
+        teacher_model=teacher,
+        train_dataset=random_classification_dataset(16),
+        data_collator=pad_collate,
+    )
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 2 and all(entry["loss_logits"] > 0 and entry["loss_hidden"] > 0 for entry in logged)
+
+
+class StopAt(TrainerCallback):
+    """Simulates a killed run: raises once training reaches `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("killed")
+
+
+def test_killed_run_resumes_to_the_same_model(tiny_config, tmp_path):
+    """Sandwich sampling, grafting and dropout: the resumed run ends exactly where the unbroken run does."""
+    data = random_classification_dataset(24)
+    heldout = random_classification_dataset(8, seed=1)
+    settings = dict(
+        flex_stage="width",
+        subnet_sampling="sandwich",
+        num_random_subnets=1,
+        grafting=True,
+        grafting_times_per_epoch=2,
+        max_steps=-1,
+        num_train_epochs=2,
+        save_strategy="steps",
+        save_steps=2,
+        learning_rate=0.05,
+    )
+
+    def run(output_dir, callbacks=(), resume=None):
+        student, teacher = make_models(tiny_config)
+        trainer = FlexTrainer(
+            model=student,
+            args=make_args(output_dir, **settings),
+            teacher_model=teacher,
+            importance_dataset=heldout,
+            train_dataset=data,
+            data_collator=pad_collate,
+            callbacks=list(callbacks),
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return student
+
+    unbroken = run(tmp_path / "unbroken")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", callbacks=[StopAt(3)])
+    resumed = run(tmp_path / "killed", resume=str(tmp_path / "killed" / "checkpoint-2"))
+    for (name, value), other in zip(unbroken.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(other, value, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_grafting_changes_the_model_only_when_scheduled(tiny_config, tmp_path):
+    """Same seeds with and without grafting: one epoch (no graft possible) is identical, two epochs differ."""
+    data = random_classification_dataset(16)
+    heldout = random_classification_dataset(8, seed=1)
+
+    def run(grafting, epochs):
+        student, teacher = make_models(tiny_config)
+        args = make_args(
+            tmp_path / f"g{grafting}{epochs}",
+            flex_stage="width",
+            grafting=grafting,
+            max_steps=-1,
+            num_train_epochs=epochs,
+        )
+        FlexTrainer(
+            model=student,
+            args=args,
+            teacher_model=teacher,
+            importance_dataset=heldout,
+            train_dataset=data,
+            data_collator=pad_collate,
+        ).train()
+        return student.state_dict()
+
+    for epochs, same in ((1, True), (2, False)):
+        plain, grafted = run(False, epochs), run(True, epochs)
+        assert all(torch.equal(plain[k], grafted[k]) for k in plain) == same
+
+
+def test_bf16_mixed_precision_trains(tiny_config, tmp_path):
+    student, teacher = make_models(tiny_config)
+    initial = copy.deepcopy(student.state_dict())
+    args = make_args(tmp_path, flex_stage="width_depth", bf16=True, max_steps=2, logging_steps=1)
+    trainer = FlexTrainer(
+        model=student,
+        args=args,
+        teacher_model=teacher,
+        train_dataset=random_classification_dataset(16),
+        data_collator=pad_collate,
+    )
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
+    assert any(not torch.equal(v, initial[k]) for k, v in student.state_dict().items())
+
+
+def test_bad_trainer_setups_are_clear_errors(tiny_config, tmp_path):
+    student, teacher = make_models(tiny_config)
+    with pytest.raises(ValueError, match="teacher"):
+        FlexTrainer(
+            model=student, args=make_args(tmp_path, flex_stage="width"), train_dataset=[], data_collator=pad_collate
+        )
+    with pytest.raises(ValueError, match="separate copy"):
+        FlexTrainer(model=student, args=make_args(tmp_path), teacher_model=student, data_collator=pad_collate)
+    with pytest.raises(ValueError, match="importance_dataset"):
+        FlexTrainer(
+            model=student, args=make_args(tmp_path, grafting=True), teacher_model=teacher, data_collator=pad_collate
+        )
+    with pytest.raises(ValueError, match="flex_stage"):
+        make_args(tmp_path, flex_stage="everything")
+    with pytest.raises(ValueError, match="width stage"):
+        make_args(tmp_path, flex_stage="width_depth", grafting=True)
