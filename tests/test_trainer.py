@@ -1,6 +1,9 @@
 """FlexTrainer under the Trainer's machinery, on a tiny random model and a tiny random task."""
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -263,3 +266,17 @@ def test_bad_trainer_setups_are_clear_errors(tiny_config, tmp_path):
         make_args(tmp_path, flex_stage="everything")
     with pytest.raises(ValueError, match="width stage"):
         make_args(tmp_path, flex_stage="width_depth", grafting=True)
+
+
+def test_ddp_ranks_end_with_identical_parameters(tmp_path):
+    """`torchrun --nproc_per_node=2` on CPU (gloo), sandwich sampling and grafting: both ranks agree."""
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = os.environ | {"PYTHONPATH": str(worker.parent), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(worker), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert ranks[0]["world_size"] == 2
+    for name, value in ranks[0]["state"].items():
+        torch.testing.assert_close(ranks[1]["state"][name], value, atol=0, rtol=0, msg=name)
+    assert any(not torch.equal(value, ranks[0]["initial"][name]) for name, value in ranks[0]["state"].items())

@@ -19,7 +19,7 @@ from transformers.utils import logging
 
 from .importance import compute_importance, graft
 from .losses import hidden_states_distillation, logits_distillation
-from .training_args import FlexTrainingArguments
+from .training_args import PIPELINE_STAGE, FlexTrainingArguments
 
 logger = logging.get_logger(__name__)
 
@@ -81,6 +81,10 @@ class FlexTrainer(Trainer):
     ):
         if not isinstance(args, FlexTrainingArguments):
             raise TypeError(f"FlexTrainer needs FlexTrainingArguments, got {type(args).__name__}.")
+        if args.flex_stage == PIPELINE_STAGE:
+            raise ValueError(
+                "`flex_stage='all'` is a pipeline of trainers: run examples/run_glue_flex.py, or pick a stage."
+            )
         if args.flex_stage in ("width", "width_depth") and teacher_model is None:
             raise ValueError(f"The {args.flex_stage!r} stage distils from a teacher: pass `teacher_model`.")
         if teacher_model is not None and teacher_model is model:
@@ -161,7 +165,8 @@ class FlexTrainer(Trainer):
         if teacher_width not in teacher_cache:
             teacher_cache[teacher_width] = self.teacher_outputs(model_inputs, teacher_width)
         teacher = teacher_cache[teacher_width]
-        use_hidden = self.args.lambda_hidden > 0
+        lambda_logits, lambda_hidden = self.args.loss_weights()
+        use_hidden = lambda_hidden > 0
         student = model(**model_inputs, output_hidden_states=use_hidden)
         config = self.flex_model.config
         regression = config.problem_type == "regression" or config.num_labels == 1
@@ -173,7 +178,7 @@ class FlexTrainer(Trainer):
         else:
             loss_logits = logits_distillation(student.logits, teacher.logits, regression)
         parts = {"loss_logits": loss_logits}
-        loss = self.args.lambda_logits * loss_logits
+        loss = lambda_logits * loss_logits
         if use_hidden:
             mask = model_inputs.get("attention_mask")
             if mask is None:
@@ -182,20 +187,24 @@ class FlexTrainer(Trainer):
             parts["loss_hidden"] = hidden_states_distillation(
                 student.hidden_states, teacher.hidden_states, active_layers, mask
             )
-            loss = loss + self.args.lambda_hidden * parts["loss_hidden"]
+            loss = loss + lambda_hidden * parts["loss_hidden"]
         return loss, parts
 
     @torch.no_grad()
     def teacher_outputs(self, model_inputs: dict[str, torch.Tensor], width: float) -> Mapping:
         """The teacher's outputs (logits and every hidden state) at `width`, full depth."""
         with self.teacher_model.subnet(width=width, depth=1.0):
-            return self.teacher_model(**model_inputs, output_hidden_states=self.args.lambda_hidden > 0)
+            return self.teacher_model(**model_inputs, output_hidden_states=self.args.loss_weights()[1] > 0)
 
     # --- grafting ----------------------------------------------------------------------------------------------
 
     def _maybe_graft(self) -> None:
         """Graft before the first micro-batch of each scheduled step (once per step, also after a resume)."""
-        if not self.args.grafting or self.state.global_step == self._last_graft_step:
+        if (
+            not self.args.grafting
+            or self.args.flex_stage != "width"
+            or self.state.global_step == self._last_graft_step
+        ):
             return
         schedule = grafting_steps(
             self.state.max_steps, math.ceil(self.state.num_train_epochs), self.args.grafting_times_per_epoch

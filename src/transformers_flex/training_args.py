@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 FLEX_STAGES = ("teacher", "width", "width_depth", "final")
+# "all" runs teacher -> rewire -> width (+ grafting) -> width_depth; it is handled by examples/run_glue_flex.py.
+PIPELINE_STAGE = "all"
 SUBNET_SAMPLING = ("all", "sandwich")
 TEACHER_WIDTHS = ("full", "same")
 GRAFTING_ALPHA_MODES = ("fixed", "entropy")
@@ -22,7 +24,7 @@ class FlexTrainingArguments(TrainingArguments):
         flex_stage (`str`, defaults to `"width"`):
             `teacher` (plain fine-tuning of the full model), `width` (DynaBERT_W: distil into every width at full
             depth), `width_depth` (distil into every (width, depth) pair), `final` (cross-entropy to gold labels
-            for every sub-network).
+            for every sub-network), or `all` (the whole pipeline, run by `examples/run_glue_flex.py`).
         subnet_sampling (`str`, defaults to `"all"`):
             `all` runs every sub-network of the stage each step; `sandwich` runs the largest, the smallest and
             `num_random_subnets` others drawn at random.
@@ -52,7 +54,9 @@ class FlexTrainingArguments(TrainingArguments):
             model.
     """
 
-    flex_stage: str = field(default="width", metadata={"help": "Training stage.", "choices": list(FLEX_STAGES)})
+    flex_stage: str = field(
+        default="width", metadata={"help": "Training stage.", "choices": [*FLEX_STAGES, PIPELINE_STAGE]}
+    )
     subnet_sampling: str = field(
         default="all",
         metadata={
@@ -87,7 +91,7 @@ class FlexTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         for name, allowed in (
-            ("flex_stage", FLEX_STAGES),
+            ("flex_stage", (*FLEX_STAGES, PIPELINE_STAGE)),
             ("subnet_sampling", SUBNET_SAMPLING),
             ("teacher_width", TEACHER_WIDTHS),
             ("grafting_alpha_mode", GRAFTING_ALPHA_MODES),
@@ -98,17 +102,22 @@ class FlexTrainingArguments(TrainingArguments):
             raise ValueError(f"`num_random_subnets` must be >= 0, got {self.num_random_subnets}.")
         if not 0 <= self.grafting_alpha <= 1:
             raise ValueError(f"`grafting_alpha` must be in [0, 1], got {self.grafting_alpha}.")
-        if self.grafting and self.flex_stage != "width":
-            raise ValueError("`grafting` applies to the width stage only (`flex_stage='width'`).")
+        if self.grafting and self.flex_stage not in ("width", PIPELINE_STAGE):
+            raise ValueError("`grafting` applies to the width stage only (`flex_stage='width'` or 'all').")
         if self.grafting_times_per_epoch < 1:
             raise ValueError(f"`grafting_times_per_epoch` must be >= 1, got {self.grafting_times_per_epoch}.")
-        default_logits, default_hidden = STAGE_LAMBDAS.get(self.flex_stage, (1.0, 0.0))
-        self.lambda_logits = default_logits if self.lambda_logits is None else self.lambda_logits
-        self.lambda_hidden = default_hidden if self.lambda_hidden is None else self.lambda_hidden
         # Narrow or shallow sub-networks leave parameters unused in a step; DDP must look for them (rule 6).
         if self.ddp_find_unused_parameters is None and self.flex_stage != "teacher":
             self.ddp_find_unused_parameters = True
         super().__post_init__()
 
+    def loss_weights(self) -> tuple[float, float]:
+        """(lambda_logits, lambda_hidden) of the current stage: the explicit values, else the stage defaults."""
+        default_logits, default_hidden = STAGE_LAMBDAS.get(self.flex_stage, (1.0, 0.0))
+        return (
+            default_logits if self.lambda_logits is None else self.lambda_logits,
+            default_hidden if self.lambda_hidden is None else self.lambda_hidden,
+        )
 
-__all__ = ["FLEX_STAGES", "FlexTrainingArguments"]
+
+__all__ = ["FLEX_STAGES", "PIPELINE_STAGE", "FlexTrainingArguments"]

@@ -1,0 +1,123 @@
+"""Grafting vs no grafting: same teacher, same rewiring, same seeds; only the width stage differs.
+
+For every task and seed this runs `examples/run_glue_flex.py --flex_stage all --last_stage width` twice — with and
+without `--grafting` — the second run reusing the first run's teacher (so both start from identical weights), and
+collects the dev metric of every width. Runs are resumable: finished stages are skipped. Extra arguments after `--`
+go to run_glue_flex.py (epochs, learning rate, ...).
+
+    python benchmarks/grafting_ablation.py --tasks mrpc --seeds 42 43 44 -- --num_train_epochs 3 --learning_rate 5e-5
+"""
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def run_width_stage(task: str, seed: int, grafting: bool, output_dir: Path, extra: list[str]) -> dict:
+    command = [sys.executable, str(ROOT / "examples" / "run_glue_flex.py"), "--task_name", task, "--seed", str(seed)]
+    command += ["--output_dir", str(output_dir), "--flex_stage", "all", "--last_stage", "width", "--report_to", "none"]
+    command += ["--grafting", str(grafting).lower(), *extra]
+    subprocess.run(command, check=True)
+    return json.loads((output_dir / "results.json").read_text())
+
+
+def width_metrics(stage: dict, metric: str) -> dict[str, float]:
+    """`{"1.0": value, "0.75": ...}` of the width stage's dev metric at full depth."""
+    metrics = stage["metrics"]
+    prefix = "eval_w"
+    return {
+        key[len(prefix) :].split("_d1.0_")[0]: value
+        for key, value in metrics.items()
+        if key.startswith(prefix) and key.endswith(f"_d1.0_{metric}")
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["mrpc"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    parser.add_argument("--output-dir", default=str(ROOT / "runs" / "grafting"))
+    parser.add_argument("--results", default=str(RESULTS / "grafting_ablation.json"))
+    args, extra = parser.parse_known_args()
+    extra = [value for value in extra if value != "--"]
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from transformers_flex.metrics import main_metric
+
+    report = {"command": "python benchmarks/grafting_ablation.py " + " ".join(sys.argv[1:]), "tasks": {}}
+    for task in args.tasks:
+        metric = main_metric(task)
+        runs = []
+        for seed in args.seeds:
+            base = Path(args.output_dir) / task / f"seed{seed}"
+            grafted = run_width_stage(task, seed, True, base / "graft", extra)
+            plain_dir = base / "no_graft"
+            if not (plain_dir / "teacher").exists():
+                shutil.copytree(base / "graft" / "teacher", plain_dir / "teacher")
+            plain = run_width_stage(task, seed, False, plain_dir, extra)
+            runs.append(
+                {
+                    "seed": seed,
+                    "teacher": grafted["stages"]["teacher"]["metrics"][f"eval_{metric}"],
+                    "graft": width_metrics(grafted["stages"]["width"], metric),
+                    "no_graft": width_metrics(plain["stages"]["width"], metric),
+                    "seconds_per_step": {
+                        "teacher": grafted["stages"]["teacher"]["seconds_per_step"],
+                        "width_graft": grafted["stages"]["width"]["seconds_per_step"],
+                        "width_no_graft": plain["stages"]["width"]["seconds_per_step"],
+                    },
+                }
+            )
+            report["tasks"][task] = {"metric": metric, "runs": runs, "summary": summarize(runs)}
+            Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.results).write_text(json.dumps(report, indent=2))  # after every seed: partial results survive
+    print(format_table(report))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(runs: list[dict]) -> dict:
+    widths = runs[0]["graft"].keys()
+    return {
+        "teacher": mean_std([run["teacher"] for run in runs]),
+        **{f"graft_w{w}": mean_std([run["graft"][w] for run in runs]) for w in widths},
+        **{f"no_graft_w{w}": mean_std([run["no_graft"][w] for run in runs]) for w in widths},
+    }
+
+
+def format_table(report: dict) -> str:
+    lines = [
+        "| task (metric) | seeds | teacher | width | no grafting | grafting | difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, entry in report["tasks"].items():
+        summary, runs = entry["summary"], entry["runs"]
+        teacher = summary["teacher"]
+        for width in runs[0]["graft"]:
+            plain, grafted = summary[f"no_graft_w{width}"], summary[f"graft_w{width}"]
+            differences = [run["graft"][width] - run["no_graft"][width] for run in runs]
+            diff = mean_std(differences)
+            cells = [
+                f"{task} ({entry['metric']})",
+                str(len(runs)),
+                f"{100 * teacher[0]:.1f} ± {100 * teacher[1]:.1f}",
+                width,
+                f"{100 * plain[0]:.1f} ± {100 * plain[1]:.1f}",
+                f"{100 * grafted[0]:.1f} ± {100 * grafted[1]:.1f}",
+                f"{100 * diff[0]:+.1f} ± {100 * diff[1]:.1f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Train a flexible BERT on a GLUE task, one stage or the whole pipeline (like transformers' run_glue.py).
+
+    python examples/run_glue_flex.py --task_name mrpc --output_dir runs/mrpc --flex_stage all \
+        --num_train_epochs 3 --learning_rate 2e-5 --per_device_train_batch_size 32 --grafting
+
+`--flex_stage all` runs teacher (plain fine-tuning) -> importance on held-out training examples + rewiring ->
+width (distillation into every width, optional grafting) -> width_depth (every width and depth), writing
+`<output_dir>/<stage>/` (model, tokenizer, metrics) per stage and `<output_dir>/results.json`. A stage whose model
+exists is skipped and a stage with checkpoints resumes from the last one, so an interrupted run can be restarted
+with the same command. `--dataset_name` defaults to the Hub's `nyu-mll/glue`; `--data_dir` (or the mirror found
+in `../shared/data`) is used where present.
+"""
+
+import copy
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, DataCollatorWithPadding, HfArgumentParser, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from transformers_flex import FlexBertForSequenceClassification, compute_importance, rewire
+from transformers_flex.data import GLUE_DEV_SPLIT, glue_num_labels, load_glue, split_train_heldout, tokenize_glue
+from transformers_flex.metrics import glue_compute_metrics
+from transformers_flex.trainer import FlexTrainer
+from transformers_flex.training_args import PIPELINE_STAGE, FlexTrainingArguments
+from transformers_flex.utils import default_backbone_path
+
+
+@dataclass
+class ModelArguments:
+    """Which model to start from.
+
+    Args:
+        model_name_or_path: BERT or FlexBert checkpoint (default: the packaged all-MiniLM-L6-v2).
+        teacher_name_or_path: Teacher of a single width/width_depth stage (default: `model_name_or_path`).
+        depth_rule: `every_other` (DynaBERT) or `prefix` (Flexible BERT).
+    """
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "BERT/FlexBert checkpoint (default: MiniLM)."}
+    )
+    teacher_name_or_path: str | None = field(
+        default=None, metadata={"help": "Teacher of a single distillation stage."}
+    )
+    depth_rule: str = field(default="every_other", metadata={"help": "every_other or prefix."})
+
+
+@dataclass
+class DataArguments:
+    """Which data, and how much of it.
+
+    Args:
+        task_name: A GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli).
+        dataset_name: Hub dataset used when no local mirror has the task.
+        data_dir: Local mirror laid out like `nyu-mll/glue` (default: ../shared/data when present).
+        max_seq_length: Longest tokenized input; longer ones are truncated.
+        max_train_samples: Train on this many examples (a fixed shuffled subset); all when unset.
+        max_eval_samples: Evaluate on this many dev examples; all when unset.
+        importance_samples: Held-out training examples (never trained on) for importance and grafting.
+    """
+
+    task_name: str = field(default="sst2", metadata={"help": "GLUE task."})
+    dataset_name: str = field(default="nyu-mll/glue", metadata={"help": "Hub dataset when no mirror has the task."})
+    data_dir: str | None = field(default=None, metadata={"help": "Local GLUE mirror."})
+    max_seq_length: int = field(default=128, metadata={"help": "Truncation length."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Training subset size."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Dev subset size."})
+    importance_samples: int = field(default=512, metadata={"help": "Held-out training examples for importance."})
+
+
+@dataclass
+class PipelineArguments:
+    """How far `--flex_stage all` goes.
+
+    Args:
+        last_stage: Stop after this stage (`teacher`, `width` or `width_depth`).
+    """
+
+    last_stage: str = field(default="width_depth", metadata={"help": "Stop the pipeline after this stage."})
+
+
+PIPELINE = ("teacher", "width", "width_depth")
+
+
+def stage_arguments(args: FlexTrainingArguments, stage: str, output_dir: Path) -> FlexTrainingArguments:
+    """A copy of the arguments for one stage of the pipeline."""
+    stage_args = copy.deepcopy(args)
+    stage_args.flex_stage = stage
+    stage_args.output_dir = str(output_dir / stage)
+    stage_args.grafting = args.grafting and stage == "width"
+    return stage_args
+
+
+def train_stage(stage_args, model, teacher, data, collator, compute_metrics) -> dict:
+    """Train one stage (resuming from its last checkpoint if any), save it, and return its metrics."""
+    trainer = FlexTrainer(
+        model=model,
+        args=stage_args,
+        teacher_model=teacher,
+        importance_dataset=data["heldout"] if stage_args.grafting else None,
+        train_dataset=data["train"],
+        eval_dataset=data["dev"],
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+    )
+    last = get_last_checkpoint(stage_args.output_dir) if os.path.isdir(stage_args.output_dir) else None
+    train_output = trainer.train(resume_from_checkpoint=last)
+    trainer.save_model()
+    metrics = trainer.evaluate()
+    summary = {
+        "stage": stage_args.flex_stage,
+        "train_runtime": train_output.metrics["train_runtime"],
+        "steps": trainer.state.global_step,
+        "seconds_per_step": train_output.metrics["train_runtime"] / max(1, trainer.state.global_step),
+        "resumed_from": last,
+        "metrics": metrics,
+    }
+    Path(stage_args.output_dir, "stage_results.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def load_stage(stage_dir: Path):
+    """A finished stage's model and results, or (None, None)."""
+    results = stage_dir / "stage_results.json"
+    if not results.exists():
+        return None, None
+    return FlexBertForSequenceClassification.from_pretrained(stage_dir), json.loads(results.read_text())
+
+
+def main() -> None:
+    parser = HfArgumentParser((ModelArguments, DataArguments, PipelineArguments, FlexTrainingArguments))
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        model_args, data_args, pipeline_args, training_args = parser.parse_json_file(os.path.abspath(sys.argv[1]))
+    else:
+        model_args, data_args, pipeline_args, training_args = parser.parse_args_into_dataclasses()
+    if pipeline_args.last_stage not in PIPELINE:
+        raise SystemExit(f"--last_stage must be one of {PIPELINE}, got {pipeline_args.last_stage!r}.")
+    stages = PIPELINE[: PIPELINE.index(pipeline_args.last_stage) + 1]
+    set_seed(training_args.seed)
+    task = data_args.task_name
+    backbone = model_args.model_name_or_path or default_backbone_path()
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+
+    raw = load_glue(task, data_args.data_dir)
+    if GLUE_DEV_SPLIT[task] not in raw or "train" not in raw:
+        raise SystemExit(f"{task}: the dataset has no train/{GLUE_DEV_SPLIT[task]} split to train and evaluate on.")
+    train, heldout = split_train_heldout(
+        raw["train"], data_args.max_train_samples, data_args.importance_samples, training_args.seed
+    )
+    dev = raw[GLUE_DEV_SPLIT[task]]
+    if data_args.max_eval_samples is not None:
+        dev = dev.select(range(min(data_args.max_eval_samples, len(dev))))
+    data = {
+        name: tokenize_glue(split, tokenizer, task, data_args.max_seq_length)
+        for name, split in (("train", train), ("heldout", heldout), ("dev", dev))
+    }
+    collator = DataCollatorWithPadding(tokenizer)
+    compute_metrics = glue_compute_metrics(task)
+    num_labels = glue_num_labels(task)
+    output_dir = Path(training_args.output_dir)
+
+    def fresh_model():
+        return FlexBertForSequenceClassification.from_pretrained(
+            backbone, num_labels=num_labels, depth_rule=model_args.depth_rule
+        )
+
+    if training_args.flex_stage != PIPELINE_STAGE:
+        model = fresh_model()
+        teacher = None
+        if training_args.flex_stage in ("width", "width_depth"):
+            teacher_path = model_args.teacher_name_or_path or backbone
+            teacher = FlexBertForSequenceClassification.from_pretrained(teacher_path, num_labels=num_labels)
+        summary = train_stage(training_args, model, teacher, data, collator, compute_metrics)
+        tokenizer.save_pretrained(training_args.output_dir)
+        print(json.dumps(summary["metrics"], indent=2))
+        return
+
+    results = {
+        "task": task,
+        "backbone": backbone,
+        "train_examples": len(train),
+        "dev_examples": len(dev),
+        "stages": {},
+    }
+    # Stage 0: the teacher (plain fine-tuning), which is also the baseline.
+    teacher, summary = load_stage(output_dir / "teacher")
+    if teacher is None:
+        teacher = fresh_model()
+        summary = train_stage(
+            stage_arguments(training_args, "teacher", output_dir), teacher, None, data, collator, compute_metrics
+        )
+    results["stages"]["teacher"] = summary
+    if "width" not in stages:
+        return write_results(output_dir, results)
+
+    # Rewiring: heads and neurons sorted by importance on held-out training data; the function is unchanged.
+    width_model, summary = load_stage(output_dir / "width")
+    if width_model is None:
+        heldout_loader = DataLoader(
+            data["heldout"], batch_size=training_args.importance_batch_size, collate_fn=collator
+        )
+        rewire(teacher, compute_importance(teacher, heldout_loader))
+        width_model = copy.deepcopy(teacher)
+        summary = train_stage(
+            stage_arguments(training_args, "width", output_dir), width_model, teacher, data, collator, compute_metrics
+        )
+    results["stages"]["width"] = summary
+    if "width_depth" not in stages:
+        return write_results(output_dir, results)
+
+    # Stage 2: every width and depth, taught by the width model.
+    depth_model, summary = load_stage(output_dir / "width_depth")
+    if depth_model is None:
+        depth_model = copy.deepcopy(width_model)
+        summary = train_stage(
+            stage_arguments(training_args, "width_depth", output_dir),
+            depth_model,
+            width_model,
+            data,
+            collator,
+            compute_metrics,
+        )
+    results["stages"]["width_depth"] = summary
+    tokenizer.save_pretrained(output_dir / "width_depth")
+    write_results(output_dir, results)
+
+
+def write_results(output_dir: Path, results: dict) -> None:
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"Wrote {output_dir / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
