@@ -1,0 +1,101 @@
+"""Loss functions and GLUE metrics, against direct definitions and reference implementations."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transformers_flex.losses import (
+    hidden_states_distillation,
+    logits_distillation,
+    masked_hidden_mse,
+    soft_cross_entropy,
+    teacher_layer_for_student,
+)
+from transformers_flex.metrics import average_ranks, glue_metrics
+
+
+def test_soft_cross_entropy_is_cross_entropy_with_soft_targets():
+    student, teacher = torch.randn(5, 3), torch.randn(5, 3)
+    expected = F.cross_entropy(student, teacher.softmax(-1))  # torch's CE accepts class probabilities
+    torch.testing.assert_close(soft_cross_entropy(student, teacher), expected)
+    # With one-hot (very confident) teachers it is ordinary cross-entropy to the argmax.
+    torch.testing.assert_close(
+        soft_cross_entropy(student, 1e4 * F.one_hot(teacher.argmax(-1), 3).float()),
+        F.cross_entropy(student, teacher.argmax(-1)),
+    )
+
+
+def test_regression_distillation_is_mse():
+    student, teacher = torch.randn(6, 1), torch.randn(6, 1)
+    torch.testing.assert_close(logits_distillation(student, teacher, regression=True), F.mse_loss(student, teacher))
+
+
+def test_masked_hidden_mse_ignores_padding_and_is_split_invariant():
+    student, teacher = torch.randn(4, 7, 8), torch.randn(4, 7, 8)
+    mask = torch.ones(4, 7, dtype=torch.long)
+    mask[1, 3:] = 0
+    mask[3, 5:] = 0
+    garbage = student.clone()
+    garbage[mask == 0] = 1e6  # whatever sits in padded positions must not matter
+    loss = masked_hidden_mse(student, teacher, mask)
+    torch.testing.assert_close(masked_hidden_mse(garbage, teacher, mask), loss)
+    per_example = [F.mse_loss(student[i, mask[i] == 1], teacher[i, mask[i] == 1]) for i in range(4)]
+    torch.testing.assert_close(loss, torch.stack(per_example).mean())
+    halves = (
+        masked_hidden_mse(student[:2], teacher[:2], mask[:2]) + masked_hidden_mse(student[2:], teacher[2:], mask[2:])
+    ) / 2
+    torch.testing.assert_close(halves, loss)
+
+
+def test_depth_mapping_sends_the_last_student_layer_to_the_last_teacher_layer():
+    # every_other, 12 layers, depth 0.5: student layers 0,2,...,10 imitate teacher outputs 1,3,...,9 and 12.
+    assert teacher_layer_for_student([0, 2, 4, 6, 8, 10], 12) == [0, 1, 3, 5, 7, 9, 12]
+    assert teacher_layer_for_student([0, 1, 2], 6) == [0, 1, 2, 6]  # prefix rule
+    assert teacher_layer_for_student(list(range(6)), 6) == list(range(7))  # full depth: identity
+
+
+def test_hidden_states_distillation_sums_mapped_pairs():
+    teacher = tuple(torch.randn(2, 5, 4) for _ in range(5))  # embeddings + 4 layers
+    student = tuple(torch.randn(2, 5, 4) for _ in range(3))  # embeddings + layers 0 and 2
+    mask = torch.ones(2, 5)
+    expected = sum(F.mse_loss(s, teacher[t]) for s, t in zip(student, [0, 1, 4]))
+    torch.testing.assert_close(hidden_states_distillation(student, teacher, [0, 2], mask), expected)
+
+
+@pytest.fixture
+def predictions():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    logits = rng.normal(size=(200, 2)) + np.eye(2)[labels] * 0.8
+    return logits, labels
+
+
+def test_classification_metrics_match_scikit_learn(predictions):
+    metrics_module = pytest.importorskip("sklearn.metrics")
+    logits, labels = predictions
+    predicted = logits.argmax(-1)
+    mrpc = glue_metrics("mrpc", logits, labels)
+    assert mrpc["accuracy"] == pytest.approx(metrics_module.accuracy_score(labels, predicted))
+    assert mrpc["f1"] == pytest.approx(metrics_module.f1_score(labels, predicted))
+    cola = glue_metrics("cola", logits, labels)
+    assert cola["matthews_correlation"] == pytest.approx(metrics_module.matthews_corrcoef(labels, predicted))
+
+
+def test_correlations_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(1)
+    labels = np.round(rng.uniform(0, 5, 300), 1)  # rounded: many ties, as in STS-B
+    scores = labels + rng.normal(scale=1.0, size=300)
+    result = glue_metrics("stsb", scores[:, None], labels)
+    assert result["pearson"] == pytest.approx(stats.pearsonr(scores, labels)[0])
+    assert result["spearmanr"] == pytest.approx(stats.spearmanr(scores, labels)[0])
+    np.testing.assert_allclose(average_ranks(labels), stats.rankdata(labels))
+
+
+def test_every_glue_task_has_metrics_even_without_local_data(predictions):
+    logits, labels = predictions
+    for task in ("cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte", "wnli"):
+        assert all(0 <= value <= 1 or task == "cola" for value in glue_metrics(task, logits, labels).values())
+    with pytest.raises(ValueError, match="Unknown GLUE task"):
+        glue_metrics("squad", logits, labels)
