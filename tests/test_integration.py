@@ -182,9 +182,10 @@ def test_bert_export_loads_without_the_package(bert_checkpoint, tokenizer, tmp_p
 
 
 def test_demo_runs_end_to_end(data_dir, tmp_path):
-    """`transformers-flex demo` on a small budget: a rewired checkpoint and a row for every sub-network."""
+    """`transformers-flex demo` on a small budget: a flexible checkpoint and a row for every sub-network."""
     command = [sys.executable, "-m", "transformers_flex.cli", "demo", "--output-dir", str(tmp_path)]
     command += ["--train-samples", "64", "--importance-samples", "32", "--eval-samples", "64", "--latency-rounds", "1"]
+    command += ["--distill-samples", "32"]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=900, env=os.environ | {"HF_HUB_OFFLINE": "1"}
     )
@@ -195,6 +196,7 @@ def test_demo_runs_end_to_end(data_dir, tmp_path):
     }
     assert results["rewiring_max_logit_change"] <= 1e-4
     full = next(row for row in results["subnets"] if (row["width"], row["depth"]) == (1.0, 1.0))
-    assert full["accuracy"] == full["accuracy_before_rewiring"]  # rewiring never changes the full model
+    assert full["accuracy_rewired"] == full["accuracy_before_rewiring"]  # rewiring never changes the full model
+    assert all(row["accuracy_distilled"] == row["accuracy"] for row in results["subnets"])
     reloaded = FlexBertForSequenceClassification.from_pretrained(tmp_path / "model")
     assert reloaded.config.model_type == "flexbert"

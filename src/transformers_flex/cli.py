@@ -22,20 +22,47 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument(
+        "--distill-samples", type=int, default=2000, help="Examples per distillation stage (0 skips both stages)."
+    )
+    parser.add_argument("--distill-learning-rate", type=float, default=5e-5)
     parser.add_argument("--latency-rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
 
 
-def run_demo(args: argparse.Namespace) -> dict:
-    """Fine-tune the backbone as FlexBert on SST-2, rewire it, and tabulate every (width, depth) sub-network."""
+def demo_arguments(args: argparse.Namespace, stage: str, learning_rate: float, subnet_sampling: str = "all"):
+    """FlexTrainingArguments of one demo stage: one epoch, no checkpoints, logs every 25 steps."""
     import torch
+
+    from .training_args import FlexTrainingArguments
+
+    return FlexTrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix=f"flex-demo-{stage}-"),
+        flex_stage=stage,
+        subnet_sampling=subnet_sampling,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=learning_rate,
+        num_train_epochs=args.epochs,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=25,
+        seed=args.seed,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    """Fine-tune the backbone as FlexBert on SST-2, rewire it, distil every sub-network, and tabulate them all."""
+    import copy
+
     from torch.utils.data import DataLoader
-    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers import AutoTokenizer, DataCollatorWithPadding, set_seed
 
     from . import FlexBertForSequenceClassification
     from .data import load_glue, split_train_heldout, tokenize_glue
     from .evaluation import evaluate_subnets, predict, subnet_grid, subnet_latencies
     from .importance import compute_importance, rewire
+    from .trainer import FlexTrainer
     from .utils import default_backbone_path
 
     set_seed(args.seed)
@@ -56,18 +83,8 @@ def run_demo(args: argparse.Namespace) -> dict:
 
     print(f"\n== 1. Fine-tune {backbone} as FlexBert on {len(train)} SST-2 examples (full width and depth)")
     collator = DataCollatorWithPadding(tokenizer)
-    training_args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="flex-demo-"),
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        num_train_epochs=args.epochs,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=25,
-        seed=args.seed,
-        use_cpu=not torch.cuda.is_available(),
-    )
-    Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator).train()
+    teacher_args = demo_arguments(args, "teacher", args.learning_rate)
+    FlexTrainer(model=model, args=teacher_args, train_dataset=train, data_collator=collator).train()
     model.eval()
     dev_batches = DataLoader(dev, batch_size=64, collate_fn=collator)
     subnets = subnet_grid(model.config)
@@ -83,17 +100,38 @@ def run_demo(args: argparse.Namespace) -> dict:
     print(f"largest change of a full-model dev logit after rewiring: {rewiring_change:.2e}")
     after = evaluate_subnets(model, dev_batches, subnets)
 
-    print(f"\n== 4. Latency: one batch of {args.batch_size} dev sentences, median of {args.latency_rounds} rounds")
+    distilled = None
+    if args.distill_samples > 0:
+        distill_train = train.select(range(min(args.distill_samples, len(train))))
+        print(f"\n== 4. Distil into every width, then every (width, depth), on {len(distill_train)} examples each")
+        teacher = copy.deepcopy(model)
+        for stage, sampling in (("width", "all"), ("width_depth", "sandwich")):
+            stage_args = demo_arguments(args, stage, args.distill_learning_rate, sampling)
+            stage_teacher = teacher if stage == "width" else copy.deepcopy(model)
+            FlexTrainer(
+                model=model,
+                args=stage_args,
+                teacher_model=stage_teacher,
+                train_dataset=distill_train,
+                data_collator=collator,
+            ).train()
+        model.eval()
+        distilled = evaluate_subnets(model, dev_batches, subnets)
+
+    print(f"\n== 5. Latency: one batch of {args.batch_size} dev sentences, median of {args.latency_rounds} rounds")
     latency_batch = collator([dev[i] for i in range(min(args.batch_size, len(dev)))])
     latencies = subnet_latencies(model, latency_batch, subnets, rounds=args.latency_rounds)
 
     rows = []
-    for row_before, row in zip(before, after):
-        subnet = (row["width"], row["depth"])
+    for index, (row_before, row_rewired) in enumerate(zip(before, after)):
+        subnet = (row_rewired["width"], row_rewired["depth"])
+        row = distilled[index] if distilled is not None else row_rewired
         rows.append(
             row
             | {
                 "accuracy_before_rewiring": row_before["accuracy"],
+                "accuracy_rewired": row_rewired["accuracy"],
+                "accuracy_distilled": distilled[index]["accuracy"] if distilled is not None else None,
                 "latency_ms": 1000 * latencies[subnet],
                 "latency_ratio": latencies[subnet] / latencies[(1.0, 1.0)],
             }
@@ -111,8 +149,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     }
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print("\n" + format_subnet_table(rows))
-    print(f"\nSaved the rewired model to {output_dir / 'model'} and the table to {output_dir / 'results.json'}.")
-    print("Only the full model was trained: narrow or shallow sub-networks need FlexTrainer's distillation.")
+    print(f"\nSaved the flexible model to {output_dir / 'model'} and the table to {output_dir / 'results.json'}.")
     return results
 
 
@@ -120,14 +157,15 @@ def format_subnet_table(rows: list[dict]) -> str:
     """Markdown table of the demo's sub-networks."""
     full_flops = next(row["mean_flops"] for row in rows if row["width"] == 1.0 and row["depth"] == 1.0)
     lines = [
-        "| width | depth | dev acc | dev acc before rewiring | MFLOPs/example | FLOPs ratio | paper GFLOPs (len 128) "
-        "| latency ms | latency ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| width | depth | dev acc: fine-tuned | rewired | distilled | MFLOPs/example | FLOPs ratio "
+        "| paper GFLOPs (len 128) | latency ms | latency ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        distilled = "–" if row["accuracy_distilled"] is None else f"{100 * row['accuracy_distilled']:.1f}"
         lines.append(
-            f"| {row['width']} | {row['depth']} | {100 * row['accuracy']:.1f} | "
-            f"{100 * row['accuracy_before_rewiring']:.1f} | {row['mean_flops'] / 1e6:.1f} | "
+            f"| {row['width']} | {row['depth']} | {100 * row['accuracy_before_rewiring']:.1f} | "
+            f"{100 * row['accuracy_rewired']:.1f} | {distilled} | {row['mean_flops'] / 1e6:.1f} | "
             f"{row['mean_flops'] / full_flops:.3f} | {row['paper_flops'] / 1e9:.3f} | {row['latency_ms']:.1f} | "
             f"{row['latency_ratio']:.3f} |"
         )
