@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -200,3 +201,34 @@ def test_demo_runs_end_to_end(data_dir, tmp_path):
     assert all(row["accuracy_distilled"] == row["accuracy"] for row in results["subnets"])
     reloaded = FlexBertForSequenceClassification.from_pretrained(tmp_path / "model")
     assert reloaded.config.model_type == "flexbert"
+
+
+def test_glue_pipeline_example_runs_and_skips_finished_stages(data_dir, tmp_path):
+    """examples/run_glue_flex.py --flex_stage all on a tiny MRPC budget, then the same command again."""
+    script = Path(__file__).resolve().parents[1] / "examples" / "run_glue_flex.py"
+    command = [
+        sys.executable,
+        str(script),
+        "--task_name",
+        "mrpc",
+        "--output_dir",
+        str(tmp_path),
+        "--flex_stage",
+        "all",
+    ]
+    command += ["--max_train_samples", "32", "--max_eval_samples", "16", "--importance_samples", "16"]
+    command += ["--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--grafting", "--use_cpu"]
+    command += ["--subnet_sampling", "sandwich", "--report_to", "none", "--disable_tqdm", "true"]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["stages"]) == ["teacher", "width", "width_depth"]
+    final = results["stages"]["width_depth"]["metrics"]
+    assert len([key for key in final if key.endswith("_f1") and key.startswith("eval_w")]) == 12
+    for stage in ("teacher", "width", "width_depth"):
+        assert (tmp_path / stage / "model.safetensors").exists()
+    second = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads((tmp_path / "results.json").read_text()) == results  # every stage was found finished
+    assert "train_runtime" not in second.stdout + second.stderr  # nothing was trained again
