@@ -280,3 +280,63 @@ def test_ddp_ranks_end_with_identical_parameters(tmp_path):
     for name, value in ranks[0]["state"].items():
         torch.testing.assert_close(ranks[1]["state"][name], value, atol=0, rtol=0, msg=name)
     assert any(not torch.equal(value, ranks[0]["initial"][name]) for name, value in ranks[0]["state"].items())
+
+
+def test_subnet_metrics_and_loss_components_reach_tensorboard(tiny_config, tmp_path, monkeypatch):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    student, teacher = make_models(tiny_config)
+    data = random_classification_dataset(16)
+    args = make_args(
+        tmp_path,
+        flex_stage="width",
+        max_steps=2,
+        logging_steps=1,
+        eval_strategy="steps",
+        eval_steps=2,
+        report_to=["tensorboard"],
+    )
+    FlexTrainer(
+        model=student,
+        args=args,
+        teacher_model=teacher,
+        train_dataset=data,
+        eval_dataset=data,
+        data_collator=pad_collate,
+    ).train()
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss_logits", "train/loss_hidden", "eval/w0.25_d1.0_loss", "eval/w1.0_d1.0_loss"} <= tags
+
+
+def test_teacher_stage_is_plain_fine_tuning(tiny_config, tmp_path):
+    """Stage 0 through FlexTrainer == the plain Trainer on vanilla BertForSequenceClassification, step for step."""
+    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+    from transformers_flex.export import FLEX_ONLY_FIELDS
+
+    flex, _ = make_models(tiny_config)
+    bert = BertForSequenceClassification(
+        BertConfig(**{k: v for k, v in tiny_config.to_dict().items() if k not in FLEX_ONLY_FIELDS})
+    )
+    bert.load_state_dict(flex.state_dict())
+    data = random_classification_dataset(24)
+    common = dict(
+        per_device_train_batch_size=8, learning_rate=1e-3, max_steps=3, report_to="none", use_cpu=True, seed=7
+    )
+    FlexTrainer(
+        model=flex,
+        args=FlexTrainingArguments(output_dir=str(tmp_path / "flex"), flex_stage="teacher", **common),
+        train_dataset=data,
+        data_collator=pad_collate,
+    ).train()
+    Trainer(
+        model=bert,
+        args=TrainingArguments(output_dir=str(tmp_path / "bert"), **common),
+        train_dataset=data,
+        data_collator=pad_collate,
+    ).train()
+    bert_state = bert.state_dict()
+    for name, value in flex.state_dict().items():
+        torch.testing.assert_close(value, bert_state[name], atol=1e-5, rtol=1e-4, msg=name)
