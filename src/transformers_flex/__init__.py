@@ -14,13 +14,15 @@ from transformers import (
 from .configuration_flexbert import FlexBertConfig
 from .export import to_bert
 from .flops import paper_flops, subnet_flops, subnet_num_parameters
-from .importance import Importance, compute_importance, rewire
+from .importance import Importance, compute_importance, graft, rewire
 from .modeling_flexbert import (
     FlexBertForQuestionAnswering,
     FlexBertForSequenceClassification,
     FlexBertModel,
     FlexBertPreTrainedModel,
 )
+from .trainer import FlexTrainer
+from .training_args import FlexTrainingArguments
 
 __version__ = "0.1.0"
 
@@ -37,8 +39,11 @@ FlexBertForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswer
 
 __all__ = [
     "FlexBertConfig",
+    "FlexTrainer",
+    "FlexTrainingArguments",
     "Importance",
     "compute_importance",
+    "graft",
     "paper_flops",
     "rewire",
     "subnet_flops",
