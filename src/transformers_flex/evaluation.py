@@ -13,10 +13,11 @@ from .modeling_flexbert import FlexBertPreTrainedModel
 Batch = Mapping[str, torch.Tensor]
 
 
-def subnet_grid(config) -> list[tuple[float, float]]:
+def subnet_grid(config, full_depth_only: bool = False) -> list[tuple[float, float]]:
     """Every (width, depth) pair of the config, depth descending then width descending (DynaBERT's order)."""
     widths = sorted(config.width_mults, reverse=True)
-    return [(width, depth) for depth in sorted(config.depth_mults, reverse=True) for width in widths]
+    depths = [1.0] if full_depth_only else sorted(config.depth_mults, reverse=True)
+    return [(width, depth) for depth in depths for width in widths]
 
 
 @torch.inference_mode()

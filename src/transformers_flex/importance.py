@@ -217,6 +217,17 @@ def _mix_rows(tensor: torch.Tensor, receivers: torch.Tensor, partners: torch.Ten
     tensor[receivers] = (1 - alpha) * tensor[receivers] + alpha * tensor[partners]
 
 
+def _grafting_plan(
+    scores: torch.Tensor, unit_weights, alpha: float | None, entropy_c: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(receivers, partners, partner share per pair); `unit_weights()` is only built for the entropy mode."""
+    receivers, partners = grafting_pairs(scores)
+    if alpha is None:
+        units = unit_weights()
+        return receivers, partners, entropy_alpha(units[receivers], units[partners], entropy_c)
+    return receivers, partners, torch.full((len(receivers),), float(alpha), device=scores.device)
+
+
 @torch.no_grad()
 def graft_layer(
     layer: FlexBertLayer,
@@ -228,28 +239,21 @@ def graft_layer(
     """Graft the top half of `layer`'s heads and neurons onto the bottom half (`alpha=None`: entropy-adaptive)."""
     attention = layer.attention
     head_size = attention.self.head_size
-    receivers, partners = grafting_pairs(head_scores.to(attention.self.query.weight.device))
-    if alpha is None:
-        units = _head_unit_weights(layer)
-        head_alpha = entropy_alpha(units[receivers], units[partners], entropy_c)
-    else:
-        head_alpha = torch.full((len(receivers),), float(alpha), device=receivers.device)
+    head_scores = head_scores.to(attention.self.query.weight.device)
+    receivers, partners, share = _grafting_plan(head_scores, lambda: _head_unit_weights(layer), alpha, entropy_c)
+    # A head is a block of `head_size` rows (query/key/value) or columns (attention output).
     receiver_rows, partner_rows = _head_rows(receivers, head_size), _head_rows(partners, head_size)
-    row_alpha = head_alpha.repeat_interleave(head_size)
+    row_share = share.repeat_interleave(head_size)
     for projection in (attention.self.query, attention.self.key, attention.self.value):
-        _mix_rows(projection.weight, receiver_rows, partner_rows, row_alpha)
-        _mix_rows(projection.bias, receiver_rows, partner_rows, row_alpha)
-    _mix_rows(attention.output.dense.weight.t(), receiver_rows, partner_rows, row_alpha)
+        _mix_rows(projection.weight, receiver_rows, partner_rows, row_share)
+        _mix_rows(projection.bias, receiver_rows, partner_rows, row_share)
+    _mix_rows(attention.output.dense.weight.t(), receiver_rows, partner_rows, row_share)
 
-    receivers, partners = grafting_pairs(neuron_scores.to(layer.intermediate.dense.weight.device))
-    if alpha is None:
-        units = _neuron_unit_weights(layer)
-        neuron_alpha = entropy_alpha(units[receivers], units[partners], entropy_c)
-    else:
-        neuron_alpha = torch.full((len(receivers),), float(alpha), device=receivers.device)
-    _mix_rows(layer.intermediate.dense.weight, receivers, partners, neuron_alpha)
-    _mix_rows(layer.intermediate.dense.bias, receivers, partners, neuron_alpha)
-    _mix_rows(layer.output.dense.weight.t(), receivers, partners, neuron_alpha)
+    neuron_scores = neuron_scores.to(layer.intermediate.dense.weight.device)
+    receivers, partners, share = _grafting_plan(neuron_scores, lambda: _neuron_unit_weights(layer), alpha, entropy_c)
+    _mix_rows(layer.intermediate.dense.weight, receivers, partners, share)
+    _mix_rows(layer.intermediate.dense.bias, receivers, partners, share)
+    _mix_rows(layer.output.dense.weight.t(), receivers, partners, share)
 
 
 def graft(model: FlexBertPreTrainedModel, importance: Importance, alpha: float | None = 0.1, entropy_c: float = 500.0):

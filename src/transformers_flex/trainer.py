@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.utils import logging
 
+from .evaluation import subnet_grid
 from .importance import compute_importance, graft
 from .losses import hidden_states_distillation, logits_distillation
 from .training_args import PIPELINE_STAGE, FlexTrainingArguments
@@ -28,13 +29,9 @@ Subnet = tuple[float, float]
 
 def stage_subnets(config, stage: str) -> list[Subnet]:
     """The (width, depth) pairs a stage trains, largest first: depth descending, then width descending."""
-    widths = sorted(config.width_mults, reverse=True)
-    depths = sorted(config.depth_mults, reverse=True)
     if stage == "teacher":
         return [(1.0, 1.0)]
-    if stage == "width":
-        return [(width, 1.0) for width in widths]
-    return [(width, depth) for depth in depths for width in widths]
+    return subnet_grid(config, full_depth_only=stage == "width")
 
 
 def sandwich_subnets(subnets: list[Subnet], num_random: int, rng: random.Random) -> list[Subnet]:
