@@ -145,7 +145,7 @@ def main() -> None:
     backbone = model_args.model_name_or_path or default_backbone_path()
     tokenizer = AutoTokenizer.from_pretrained(backbone)
 
-    raw = load_glue(task, data_args.data_dir)
+    raw = load_glue(task, data_args.data_dir, hub_dataset=data_args.dataset_name)
     if GLUE_DEV_SPLIT[task] not in raw or "train" not in raw:
         raise SystemExit(f"{task}: the dataset has no train/{GLUE_DEV_SPLIT[task]} split to train and evaluate on.")
     train, heldout = split_train_heldout(

@@ -99,3 +99,16 @@ def test_every_glue_task_has_metrics_even_without_local_data(predictions):
         assert all(0 <= value <= 1 or task == "cola" for value in glue_metrics(task, logits, labels).values())
     with pytest.raises(ValueError, match="Unknown GLUE task"):
         glue_metrics("squad", logits, labels)
+
+
+def test_glue_falls_back_to_the_hub_dataset_where_no_mirror_has_the_task(tmp_path, monkeypatch):
+    """No local copy -> `load_dataset(<hub id>, task)`; the Hub is unreachable here, so the call is recorded."""
+    from transformers_flex import data
+
+    calls = []
+    monkeypatch.setattr(data, "default_data_dir", lambda: None)
+    monkeypatch.setattr(data, "load_dataset", lambda *args: calls.append(args) or "hub")
+    assert data.load_glue("cola") == "hub" and calls == [("nyu-mll/glue", "cola")]
+    assert data.load_glue("qqp", hub_dataset="my/glue") == "hub" and calls[-1] == ("my/glue", "qqp")
+    with pytest.raises(FileNotFoundError, match="cola"):
+        data.load_glue("cola", data_dir=tmp_path)

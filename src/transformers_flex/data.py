@@ -37,7 +37,7 @@ def glue_num_labels(task: str) -> int:
     return {"stsb": 1, "mnli": 3}.get(check_glue_task(task), 2)
 
 
-def load_glue(task: str, data_dir: str | Path | None = None) -> DatasetDict:
+def load_glue(task: str, data_dir: str | Path | None = None, hub_dataset: str = HUB_GLUE) -> DatasetDict:
     """Load a GLUE task from `data_dir` (a mirror laid out like `nyu-mll/glue`), the default mirror, or the Hub."""
     check_glue_task(task)
     local = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -45,7 +45,7 @@ def load_glue(task: str, data_dir: str | Path | None = None) -> DatasetDict:
         raise FileNotFoundError(f"No GLUE task {task!r} under {local / 'glue'}.")
     if local is not None and (local / "glue" / task).is_dir():
         return load_dataset(str(local / "glue"), task)
-    return load_dataset(HUB_GLUE, task)
+    return load_dataset(hub_dataset, task)
 
 
 def tokenize_glue(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, max_length: int = 128) -> Dataset:
