@@ -38,6 +38,7 @@ def to_bert(model: FlexBertPreTrainedModel, width: Width = 1.0, depth: float = 1
 
     BERT gives every layer the same number of heads and FFN neurons, so only sub-networks of full width can be
     written this way; narrower ones are exported with `model.export_subnet` (a compact FlexBert checkpoint).
+    Off-ramps are left out: the BERT model always answers with its final classifier.
     """
     class_name = type(model).__name__
     if class_name not in BERT_CLASSES:
@@ -54,7 +55,9 @@ def to_bert(model: FlexBertPreTrainedModel, width: Width = 1.0, depth: float = 1
         )
     fields = {key: value for key, value in config.to_dict().items() if key not in FLEX_ONLY_FIELDS}
     bert = BERT_CLASSES[class_name](BertConfig(**fields))
-    bert.load_state_dict(compact.state_dict(), strict=True)
+    # BERT has no off-ramps: the exported model answers with its final classifier only.
+    state = {name: tensor for name, tensor in compact.state_dict().items() if not name.startswith("off_ramps.")}
+    bert.load_state_dict(state, strict=True)
     return bert.to(device=model.device, dtype=model.dtype).train(model.training)
 
 

@@ -9,6 +9,7 @@ Part of the portable unit copied into every checkpoint: imports only torch/trans
 
 import copy
 import math
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -314,6 +315,22 @@ class FlexBertPooler(nn.Module):
         return self.activation(self.dense(hidden_states[:, 0]))
 
 
+class FlexBertOffRamp(nn.Module):
+    """An early-exit classifier after one layer: pooler (dense + tanh on [CLS]) -> dropout -> linear."""
+
+    def __init__(self, config: FlexBertConfig):
+        super().__init__()
+        self.pooler = FlexBertPooler(config)
+        classifier_dropout = (
+            config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        )
+        self.dropout = nn.Dropout(classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.pooler(hidden_states)))
+
+
 class FlexBertPreTrainedModel(PreTrainedModel):
     config_class = FlexBertConfig
     config: FlexBertConfig
@@ -375,15 +392,14 @@ class FlexBertPreTrainedModel(PreTrainedModel):
         config.gate_widths = [1.0]
         config.exit_layers = [kept.index(layer - 1) + 1 for layer in config.exit_layers if layer - 1 in kept]
         compact = type(self)(config).to(device=self.device, dtype=self.dtype)
-        renamed = {f"layer.{new}.": f"layer.{old}." for new, old in enumerate(kept)}
         source = self.state_dict()
         compact_state = {}
         for name, tensor in compact.state_dict().items():
-            source_name = name
-            for new_prefix, old_prefix in renamed.items():
-                if new_prefix in name:
-                    source_name = name.replace(new_prefix, old_prefix)
-                    break
+            # Layers and off-ramps are renumbered: compact layer i is supernet layer kept[i].
+            source_name = re.sub(r"encoder\.layer\.(\d+)\.", lambda m: f"encoder.layer.{kept[int(m[1])]}.", name)
+            source_name = re.sub(
+                r"^off_ramps\.(\d+)\.", lambda m: f"off_ramps.{kept[int(m[1]) - 1] + 1}.", source_name
+            )
             # Every sliced tensor keeps a prefix along each dimension (heads and neurons are prefixes).
             compact_state[name] = source[source_name][tuple(slice(0, size) for size in tensor.shape)].clone()
         compact.load_state_dict(compact_state)
@@ -401,7 +417,7 @@ class FlexBertPreTrainedModel(PreTrainedModel):
             )
 
 
-def _additive_attention_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+def additive_attention_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """(batch, length) 1/0 mask -> (batch, 1, 1, length) additive mask; None when nothing is padded."""
     if attention_mask is None or bool(attention_mask.all()):
         return None
@@ -447,7 +463,7 @@ class FlexBertModel(FlexBertPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-        mask = _additive_attention_mask(attention_mask, embeddings.dtype)
+        mask = additive_attention_mask(attention_mask, embeddings.dtype)
         sequence_output, hidden_states, attentions = self.encoder(
             embeddings, mask, output_hidden_states=output_hidden_states, output_attentions=output_attentions
         )
@@ -472,7 +488,26 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         )
         self.dropout = nn.Dropout(classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        # One off-ramp after each exit layer but the last, whose answer is the final classifier's.
+        ramp_layers = [layer for layer in config.exit_layers if layer < config.num_hidden_layers]
+        self.off_ramps = nn.ModuleDict({str(layer): FlexBertOffRamp(config) for layer in ramp_layers})
         self.post_init()
+
+    @torch.no_grad()
+    def copy_head_to_off_ramps(self) -> None:
+        """Initialise every off-ramp as a copy of the final pooler and classifier (Flexible BERT's `copy` mode)."""
+        for ramp in self.off_ramps.values():
+            ramp.pooler.load_state_dict(self.bert.pooler.state_dict())
+            ramp.classifier.load_state_dict(self.classifier.state_dict())
+
+    def ramp_logits(self, hidden_states: tuple[torch.Tensor, ...]) -> dict[int, torch.Tensor]:
+        """Logits of every off-ramp whose layer ran, keyed by its 1-based layer, from a forward's hidden states."""
+        ran = self.bert.encoder.active_layers
+        return {
+            int(layer): ramp(hidden_states[ran.index(int(layer) - 1) + 1])
+            for layer, ramp in self.off_ramps.items()
+            if int(layer) - 1 in ran
+        }
 
     def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """BERT's loss choice: MSE for regression, cross-entropy for single-label, BCE for multi-label."""

@@ -1,0 +1,130 @@
+"""Batched early exit: the same answers and exit layers as a sequential reference and as batch size 1."""
+
+import pytest
+import torch
+
+from transformers_flex import FlexBertForSequenceClassification
+from transformers_flex.flops import layer_macs
+from transformers_flex.inference import early_exit_forward, patience_update, prediction_entropy
+
+
+@pytest.fixture
+def ramp_model(tiny_config):
+    tiny_config.exit_layers = [1, 2, 3, 4]
+    torch.manual_seed(0)
+    model = FlexBertForSequenceClassification(tiny_config).eval()
+    with torch.no_grad():  # confident ramps, so entropies spread out and examples leave at different layers
+        for ramp in model.off_ramps.values():
+            ramp.classifier.weight.mul_(100)
+    return model
+
+
+def median_ramp_entropy(model, batch, normalized):
+    """A threshold that lets half the batch leave at the first ramp, midway between two entropies (no float ties)."""
+    with torch.no_grad():
+        ramps = model.ramp_logits(model(**batch, output_hidden_states=True).hidden_states)
+    entropies = prediction_entropy(ramps[min(ramps)], normalized).sort().values
+    middle = len(entropies) // 2
+    return (entropies[middle - 1] + entropies[middle]).item() / 2
+
+
+@pytest.fixture
+def batch():
+    generator = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([3, 12, 7, 12, 5, 9, 2, 11])
+    input_ids = torch.randint(1, 99, (8, 12), generator=generator)
+    attention_mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
+    return {"input_ids": input_ids * attention_mask, "attention_mask": attention_mask}
+
+
+def sequential_reference(model, batch, criterion, threshold):
+    """Full forward per example, then the criterion applied ramp by ramp: what a batch-size-1 loop would do."""
+    with torch.no_grad():
+        output = model(**batch, output_hidden_states=True)
+        ramps = model.ramp_logits(output.hidden_states)
+    ran = model.bert.encoder.active_layers
+    logits, exits = output.logits.clone(), torch.full((len(output.logits),), ran[-1] + 1)
+    for row in range(len(output.logits)):
+        previous, streak = None, torch.zeros(1, dtype=torch.long)
+        for layer in [index + 1 for index in ran[:-1] if index + 1 in ramps]:
+            ramp = ramps[layer][row : row + 1]
+            if criterion == "patience":
+                previous, streak = patience_update(ramp, previous, streak, 0.01)
+                done = bool(streak >= threshold)
+            else:
+                done = bool(prediction_entropy(ramp, normalized=criterion == "normalized_entropy") < threshold)
+            if done:
+                logits[row], exits[row] = ramp[0], layer
+                break
+    return logits, exits
+
+
+@pytest.mark.parametrize(
+    ("criterion", "threshold"), [("entropy", None), ("normalized_entropy", None), ("patience", 1), ("patience", 2)]
+)
+@pytest.mark.parametrize(("width", "depth"), [(1.0, 1.0), (0.5, 1.0), ([1.0, 0.25, 0.75, 0.5], 0.75)])
+def test_batched_exits_equal_sequential_reference_and_batch_size_one(
+    ramp_model, batch, criterion, threshold, width, depth
+):
+    if criterion == "patience":
+        ramp_model.copy_head_to_off_ramps()
+    with ramp_model.subnet(width=width, depth=depth):
+        if threshold is None:
+            threshold = median_ramp_entropy(ramp_model, batch, normalized=criterion == "normalized_entropy")
+        batched = early_exit_forward(ramp_model, **batch, criterion=criterion, threshold=threshold)
+        expected_logits, expected_exits = sequential_reference(ramp_model, batch, criterion, threshold)
+        singles = [
+            early_exit_forward(
+                ramp_model, **{k: v[i : i + 1] for k, v in batch.items()}, criterion=criterion, threshold=threshold
+            )
+            for i in range(len(batch["input_ids"]))
+        ]
+    assert torch.equal(batched.exit_layers, expected_exits)
+    if criterion != "patience":
+        assert len(set(batched.exit_layers.tolist())) >= 2  # rows really leave at different layers
+    torch.testing.assert_close(batched.logits, expected_logits, atol=1e-5, rtol=0)
+    assert torch.equal(torch.cat([s.exit_layers for s in singles]), batched.exit_layers)
+    torch.testing.assert_close(torch.cat([s.logits for s in singles]), batched.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat([s.flops for s in singles]), batched.flops)
+
+
+def test_thresholds_move_exits_between_first_ramp_and_full_model(ramp_model, batch):
+    never = early_exit_forward(ramp_model, **batch, criterion="entropy", threshold=0.0)
+    with torch.no_grad():
+        full = ramp_model(**batch).logits
+    assert never.exit_layers.tolist() == [4] * 8
+    torch.testing.assert_close(never.logits, full, atol=1e-5, rtol=0)
+    always = early_exit_forward(ramp_model, **batch, criterion="entropy", threshold=10.0)
+    assert always.exit_layers.tolist() == [1] * 8
+    assert torch.all(always.flops < never.flops)
+
+
+def test_flops_count_the_layers_ramps_and_head_each_example_ran(ramp_model, batch, tiny_config):
+    threshold = median_ramp_entropy(ramp_model, batch, normalized=False)
+    out = early_exit_forward(ramp_model, **batch, criterion="entropy", threshold=threshold)
+    assert len(set(out.exit_layers.tolist())) >= 2
+    head = 2 * (64 * 64 + 64 * tiny_config.num_labels)
+    for row, (length, exit_layer) in enumerate(zip(batch["attention_mask"].sum(1).tolist(), out.exit_layers.tolist())):
+        layers = 2 * exit_layer * layer_macs(64, 16, 4, 128, length, linear_only=False)
+        ramps_run = min(exit_layer, 3)  # ramps after layers 1..3; the final head answers at layer 4
+        expected = layers + head * (ramps_run + (1 if exit_layer == 4 else 0))
+        assert out.flops[row].item() == expected
+
+
+def test_export_keeps_the_off_ramps_of_kept_layers(ramp_model, batch):
+    compact = ramp_model.export_subnet(width=0.5, depth=0.5)  # every_other: layers 0 and 2 -> ramps 1 and 3
+    assert list(compact.off_ramps) == ["1"] and compact.config.exit_layers == [1, 2]
+    with torch.no_grad(), ramp_model.subnet(width=0.5, depth=0.5):
+        expected = ramp_model.ramp_logits(ramp_model(**batch, output_hidden_states=True).hidden_states)
+    with torch.no_grad():
+        got = compact.ramp_logits(compact(**batch, output_hidden_states=True).hidden_states)
+    torch.testing.assert_close(got[1], expected[1], atol=1e-5, rtol=0)
+
+
+def test_regression_needs_patience(tiny_config, batch):
+    tiny_config.num_labels, tiny_config.exit_layers = 1, [2]
+    model = FlexBertForSequenceClassification(tiny_config).eval()
+    with pytest.raises(ValueError, match="patience"):
+        early_exit_forward(model, **batch, criterion="entropy", threshold=0.1)
+    out = early_exit_forward(model, **batch, criterion="patience", threshold=1)
+    assert out.logits.shape == (8, 1) and set(out.exit_layers.tolist()) == {4}  # one ramp cannot agree with another
