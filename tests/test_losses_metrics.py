@@ -7,8 +7,10 @@ import torch.nn.functional as F
 
 from transformers_flex.losses import (
     hidden_states_distillation,
+    kl_to_teacher,
     logits_distillation,
     masked_hidden_mse,
+    ramp_training_loss,
     soft_cross_entropy,
     teacher_layer_for_student,
 )
@@ -112,3 +114,29 @@ def test_glue_falls_back_to_the_hub_dataset_where_no_mirror_has_the_task(tmp_pat
     assert data.load_glue("qqp", hub_dataset="my/glue") == "hub" and calls[-1] == ("my/glue", "qqp")
     with pytest.raises(FileNotFoundError, match="cola"):
         data.load_glue("cola", data_dir=tmp_path)
+
+
+def test_kl_to_teacher_matches_torch_kl_div():
+    student, teacher = torch.randn(5, 4), torch.randn(5, 4)
+    expected = F.kl_div(student.log_softmax(-1), teacher.softmax(-1), reduction="batchmean")
+    torch.testing.assert_close(kl_to_teacher(student, teacher), expected)
+    assert kl_to_teacher(teacher, teacher).abs() < 1e-6
+
+
+def test_ramp_training_losses():
+    torch.manual_seed(0)
+    ramps = {2: torch.randn(4, 3, requires_grad=True), 4: torch.randn(4, 3, requires_grad=True)}
+    final = torch.randn(4, 3, requires_grad=True)
+    labels = torch.tensor([0, 2, 1, 1])
+    ce = F.cross_entropy
+    torch.testing.assert_close(
+        ramp_training_loss("two_stage", ramps, final, labels, ce, 6), ce(ramps[2], labels) + ce(ramps[4], labels)
+    )
+    weighted = (2 * ce(ramps[2], labels) + 4 * ce(ramps[4], labels) + 6 * ce(final, labels)) / 12  # PABEE
+    torch.testing.assert_close(ramp_training_loss("weighted", ramps, final, labels, ce, 6), weighted)
+    distill = ramp_training_loss("self_distill", ramps, final, labels, ce, 6)
+    torch.testing.assert_close(distill, kl_to_teacher(ramps[2], final) + kl_to_teacher(ramps[4], final))
+    distill.backward()
+    assert final.grad is None  # the final classifier is the teacher: it receives no gradient from imitation
+    shared = ramp_training_loss("shared_exit", ramps, final, labels, ce, 6)
+    torch.testing.assert_close(shared, ce(final, labels) + distill.detach())

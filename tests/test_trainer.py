@@ -340,3 +340,29 @@ def test_teacher_stage_is_plain_fine_tuning(tiny_config, tmp_path):
     bert_state = bert.state_dict()
     for name, value in flex.state_dict().items():
         torch.testing.assert_close(value, bert_state[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("mode", "backbone_learns"),
+    [("two_stage", False), ("self_distill", False), ("weighted", True), ("shared_exit", True)],
+)
+def test_ramp_training_modes_train_what_their_papers_train(tiny_config, tmp_path, mode, backbone_learns):
+    tiny_config.exit_layers = [1, 2, 3]
+    student, _ = make_models(tiny_config)
+    initial = copy.deepcopy(student.state_dict())
+    args = make_args(tmp_path, flex_stage="ramps", ramp_training=mode, max_steps=2)
+    FlexTrainer(
+        model=student, args=args, train_dataset=random_classification_dataset(16), data_collator=pad_collate
+    ).train()
+    changed = {name for name, value in student.state_dict().items() if not torch.equal(value, initial[name])}
+    assert {name for name in changed if name.startswith("off_ramps.")}  # the ramps always learn
+    backbone_changed = {name for name in changed if not name.startswith("off_ramps.")}
+    assert bool(backbone_changed) == backbone_learns
+    if mode == "self_distill":
+        assert not any(name.startswith("classifier.") for name in changed)
+
+
+def test_ramps_stage_needs_ramps(tiny_config, tmp_path):
+    student, _ = make_models(tiny_config)
+    with pytest.raises(ValueError, match="exit_layers"):
+        FlexTrainer(model=student, args=make_args(tmp_path, flex_stage="ramps"), data_collator=pad_collate)

@@ -3,6 +3,8 @@
 Shapes: logits (batch, classes); hidden states (batch, length, hidden); attention_mask (batch, length) of 1/0.
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -57,10 +59,57 @@ def hidden_states_distillation(
     )
 
 
+# --- off-ramp training (ALGORITHMS.md §5) ----------------------------------------------------------------------
+
+
+def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """`KL(p_teacher || p_student)`, summed over classes and averaged over the batch."""
+    teacher_log_probs = teacher_logits.float().log_softmax(dim=-1)
+    student_log_probs = student_logits.float().log_softmax(dim=-1)
+    return (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(dim=-1).mean()
+
+
+def layer_weighted_loss(losses_by_layer: dict[int, torch.Tensor]) -> torch.Tensor:
+    """PABEE's joint loss `sum_i i * L_i / sum_i i`, weighting each classifier's loss by its (1-based) layer."""
+    return sum(layer * loss for layer, loss in losses_by_layer.items()) / sum(losses_by_layer)
+
+
+def ramp_training_loss(
+    mode: str,
+    ramps: dict[int, torch.Tensor],
+    final_logits: torch.Tensor,
+    labels: torch.Tensor,
+    task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    num_layers: int,
+) -> torch.Tensor:
+    """The loss of one ramp-training mode, from every ramp's and the final classifier's logits.
+
+    `task_loss(logits, labels)` is the model's own loss (cross-entropy, or MSE for regression); for regression the
+    imitation terms are MSE to the final output instead of KL.
+    """
+    regression = final_logits.shape[-1] == 1
+
+    def imitation(logits, teacher):
+        return F.mse_loss(logits.float(), teacher.float()) if regression else kl_to_teacher(logits, teacher)
+
+    if mode == "two_stage":
+        return sum(task_loss(logits, labels) for logits in ramps.values())
+    if mode == "weighted":
+        by_layer = {layer: task_loss(logits, labels) for layer, logits in ramps.items()}
+        return layer_weighted_loss(by_layer | {num_layers: task_loss(final_logits, labels)})
+    distill = sum(imitation(logits, final_logits.detach()) for logits in ramps.values())
+    if mode == "self_distill":
+        return distill
+    return task_loss(final_logits, labels) + distill  # shared_exit
+
+
 __all__ = [
     "hidden_states_distillation",
+    "kl_to_teacher",
+    "layer_weighted_loss",
     "logits_distillation",
     "masked_hidden_mse",
+    "ramp_training_loss",
     "soft_cross_entropy",
     "teacher_layer_for_student",
 ]

@@ -19,8 +19,8 @@ from transformers.utils import logging
 
 from .evaluation import subnet_grid
 from .importance import compute_importance, graft
-from .losses import hidden_states_distillation, logits_distillation
-from .training_args import PIPELINE_STAGE, FlexTrainingArguments
+from .losses import hidden_states_distillation, logits_distillation, ramp_training_loss
+from .training_args import FROZEN_BACKBONE_RAMP_TRAINING, PIPELINE_STAGE, FlexTrainingArguments
 
 logger = logging.get_logger(__name__)
 
@@ -50,6 +50,15 @@ def grafting_steps(max_steps: int, num_epochs: int, times_per_epoch: int) -> set
         for epoch in range(num_epochs - 1)
         for k in range(1, times_per_epoch + 1)
     }
+
+
+def prepare_ramp_training(model: nn.Module, mode: str) -> None:
+    """Check the model has off-ramps; freeze everything else for the modes that train ramps only."""
+    if len(getattr(model, "off_ramps", {})) == 0:
+        raise ValueError("The ramps stage needs off-ramps: set `config.exit_layers` (layers below the last).")
+    if mode in FROZEN_BACKBONE_RAMP_TRAINING:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith("off_ramps."))
 
 
 class FlexTrainer(Trainer):
@@ -88,6 +97,8 @@ class FlexTrainer(Trainer):
             raise ValueError("`teacher_model` must be a separate copy of the model (it is frozen).")
         if args.grafting and importance_dataset is None:
             raise ValueError("Grafting needs `importance_dataset` (held-out training examples with labels).")
+        if args.flex_stage == "ramps":
+            prepare_ramp_training(model, args.ramp_training)
         super().__init__(model=model, args=args, **kwargs)
         self.teacher_model = None
         if teacher_model is not None:
@@ -123,7 +134,7 @@ class FlexTrainer(Trainer):
     def training_step(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
-        if self.args.flex_stage == "teacher":
+        if self.args.flex_stage in ("teacher", "ramps"):
             return super().training_step(model, inputs, num_items_in_batch)
         self._maybe_graft()
         model.train()
@@ -186,6 +197,24 @@ class FlexTrainer(Trainer):
             )
             loss = loss + lambda_hidden * parts["loss_hidden"]
         return loss, parts
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The `ramps` stage's loss (ALGORITHMS.md §5); every other stage uses the model's own loss here."""
+        if self.args.flex_stage != "ramps":
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]
+        outputs = model(**{key: value for key, value in inputs.items() if key != "labels"}, output_hidden_states=True)
+        flex = self.flex_model
+        ramps = flex.ramp_logits(outputs.hidden_states)
+        loss = ramp_training_loss(
+            self.args.ramp_training,
+            ramps,
+            outputs.logits,
+            labels,
+            flex.classification_loss,
+            flex.config.num_hidden_layers,
+        )
+        return (loss, outputs) if return_outputs else loss
 
     @torch.no_grad()
     def teacher_outputs(self, model_inputs: dict[str, torch.Tensor], width: float) -> Mapping:

@@ -4,7 +4,11 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-FLEX_STAGES = ("teacher", "width", "width_depth", "final")
+FLEX_STAGES = ("teacher", "width", "width_depth", "final", "ramps")
+# How the off-ramps learn in the "ramps" stage (ALGORITHMS.md §5); "copy" needs no training (copy_head_to_off_ramps).
+RAMP_TRAINING = ("two_stage", "weighted", "self_distill", "shared_exit")
+# Ramp training modes that keep everything but the off-ramps frozen.
+FROZEN_BACKBONE_RAMP_TRAINING = ("two_stage", "self_distill")
 # "all" runs teacher -> rewire -> width (+ grafting) -> width_depth; it is handled by examples/run_glue_flex.py.
 PIPELINE_STAGE = "all"
 SUBNET_SAMPLING = ("all", "sandwich")
@@ -24,7 +28,13 @@ class FlexTrainingArguments(TrainingArguments):
         flex_stage (`str`, defaults to `"width"`):
             `teacher` (plain fine-tuning of the full model), `width` (DynaBERT_W: distil into every width at full
             depth), `width_depth` (distil into every (width, depth) pair), `final` (cross-entropy to gold labels
-            for every sub-network), or `all` (the whole pipeline, run by `examples/run_glue_flex.py`).
+            for every sub-network), `ramps` (train the off-ramps, see `ramp_training`), or `all` (the whole pipeline,
+            run by `examples/run_glue_flex.py`).
+        ramp_training (`str`, defaults to `"two_stage"`):
+            How the `ramps` stage trains off-ramps: `two_stage` (DeeBERT: only ramps learn, cross-entropy to gold),
+            `weighted` (PABEE: everything learns, losses weighted by layer), `self_distill` (FastBERT: only ramps
+            learn, KL to the final classifier, no labels needed), `shared_exit` (GEEP: everything learns,
+            cross-entropy of the final classifier + KL of every ramp to it).
         subnet_sampling (`str`, defaults to `"all"`):
             `all` runs every sub-network of the stage each step; `sandwich` runs the largest, the smallest and
             `num_random_subnets` others drawn at random.
@@ -87,6 +97,9 @@ class FlexTrainingArguments(TrainingArguments):
     grafting_entropy_c: float = field(default=500.0, metadata={"help": "Steepness of the entropy-adaptive alpha."})
     grafting_times_per_epoch: int = field(default=3, metadata={"help": "Grafts per epoch (never in the last epoch)."})
     importance_batch_size: int = field(default=32, metadata={"help": "Batch size of importance passes."})
+    ramp_training: str = field(
+        default="two_stage", metadata={"help": "How the ramps stage trains off-ramps.", "choices": list(RAMP_TRAINING)}
+    )
     eval_all_subnets: bool = field(default=True, metadata={"help": "Evaluate every sub-network of the stage."})
 
     def __post_init__(self):
@@ -95,6 +108,7 @@ class FlexTrainingArguments(TrainingArguments):
             ("subnet_sampling", SUBNET_SAMPLING),
             ("teacher_width", TEACHER_WIDTHS),
             ("grafting_alpha_mode", GRAFTING_ALPHA_MODES),
+            ("ramp_training", RAMP_TRAINING),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
@@ -120,4 +134,4 @@ class FlexTrainingArguments(TrainingArguments):
         )
 
 
-__all__ = ["FLEX_STAGES", "PIPELINE_STAGE", "FlexTrainingArguments"]
+__all__ = ["FLEX_STAGES", "PIPELINE_STAGE", "RAMP_TRAINING", "FlexTrainingArguments"]
