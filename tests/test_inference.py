@@ -128,3 +128,36 @@ def test_regression_needs_patience(tiny_config, batch):
         early_exit_forward(model, **batch, criterion="entropy", threshold=0.1)
     out = early_exit_forward(model, **batch, criterion="patience", threshold=1)
     assert out.logits.shape == (8, 1) and set(out.exit_layers.tolist()) == {4}  # one ramp cannot agree with another
+
+
+def test_exit_layer_predictor_learns_which_tokens_leave_early():
+    from transformers_flex.inference import ExitLayerPredictor
+
+    easy, hard = torch.arange(1, 11), torch.arange(11, 21)
+    input_ids = torch.stack([easy[:6], hard[:6], easy[4:], hard[4:]])
+    mask = torch.ones_like(input_ids)
+    predictor = ExitLayerPredictor(vocab_size=99, exit_layers=[1, 2, 4]).fit(
+        input_ids, mask, torch.tensor([1, 4, 1, 4])
+    )
+    new = torch.tensor([[1, 2, 3, 0], [12, 13, 14, 15], [1, 2, 12, 13], [50, 51, 52, 53]])
+    new_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]])
+    # easy -> 1, hard -> 4, half of each -> mean 2.5 -> nearest answering layer 2, unseen tokens -> the last layer
+    assert predictor.predict(new, new_mask).tolist() == [1, 4, 2, 4]
+
+
+def test_bucketed_forward_runs_each_row_to_its_predicted_layer(ramp_model, batch, tiny_config):
+    from transformers_flex.inference import bucketed_forward
+
+    predicted = torch.tensor([1, 4, 2, 3, 1, 4, 2, 3])
+    out = bucketed_forward(ramp_model, batch["input_ids"], predicted, batch["attention_mask"])
+    with torch.no_grad():
+        full = ramp_model(**batch, output_hidden_states=True)
+        ramps = ramp_model.ramp_logits(full.hidden_states)
+    for row, layer in enumerate(predicted.tolist()):
+        expected = full.logits[row] if layer == 4 else ramps[layer][row]
+        torch.testing.assert_close(out.logits[row], expected, atol=1e-5, rtol=0)
+        length = int(batch["attention_mask"][row].sum())
+        head = 2 * (64 * 64 + 64 * tiny_config.num_labels)
+        assert out.flops[row].item() == 2 * layer * layer_macs(64, 16, 4, 128, length, linear_only=False) + head
+    with pytest.raises(ValueError, match="no classifier"), ramp_model.subnet(depth=0.5):
+        bucketed_forward(ramp_model, batch["input_ids"], predicted, batch["attention_mask"])
