@@ -3,7 +3,8 @@
 Each optimizer step takes one batch, runs the teacher once (no gradients), then for every sub-network of the step
 (largest first) a forward and a backward whose gradients accumulate, so memory does not grow with the number of
 sub-networks; the `Trainer` then clips and steps once. Everything else — gradient accumulation, mixed precision,
-checkpoints and resuming, DDP, logging — is the `Trainer`'s own machinery.
+checkpoints and resuming, DDP, logging — is the `Trainer`'s own machinery. The `ramps` stage trains early-exit
+off-ramps of the full model with one of the published objectives (ALGORITHMS.md §5).
 """
 
 import math
@@ -29,7 +30,7 @@ Subnet = tuple[float, float]
 
 def stage_subnets(config, stage: str) -> list[Subnet]:
     """The (width, depth) pairs a stage trains, largest first: depth descending, then width descending."""
-    if stage == "teacher":
+    if stage in ("teacher", "ramps"):
         return [(1.0, 1.0)]
     return subnet_grid(config, full_depth_only=stage == "width")
 
