@@ -161,3 +161,24 @@ def test_bucketed_forward_runs_each_row_to_its_predicted_layer(ramp_model, batch
         assert out.flops[row].item() == 2 * layer * layer_macs(64, 16, 4, 128, length, linear_only=False) + head
     with pytest.raises(ValueError, match="no classifier"), ramp_model.subnet(depth=0.5):
         bucketed_forward(ramp_model, batch["input_ids"], predicted, batch["attention_mask"])
+
+
+def test_left_padding_is_never_cut(ramp_model, batch):
+    """Trimming drops trailing padding only; left-padded batches run whole and give the same answers."""
+    lengths = batch["attention_mask"].sum(1)
+    left = {
+        key: torch.stack([row.roll(int(12 - n)) for row, n in zip(value, lengths)]) for key, value in batch.items()
+    }
+    assert left["attention_mask"][:, -1].all() and not left["attention_mask"][:, 0].all()
+    threshold = median_ramp_entropy(ramp_model, batch, normalized=False)
+    expected_logits, expected_exits = sequential_reference(ramp_model, left, "entropy", threshold)
+    out = early_exit_forward(ramp_model, **left, criterion="entropy", threshold=threshold)
+    assert torch.equal(out.exit_layers, expected_exits)
+    torch.testing.assert_close(out.logits, expected_logits, atol=1e-5, rtol=0)
+
+
+def test_only_trailing_padding_counts_as_cuttable():
+    from transformers_flex.inference import last_real_column
+
+    assert last_real_column(torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])) == 2
+    assert last_real_column(torch.tensor([[0, 0, 1, 1], [0, 0, 0, 1]])) == 4

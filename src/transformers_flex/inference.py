@@ -55,6 +55,11 @@ def patience_update(
     return prediction, torch.where(agrees, streak + 1, torch.zeros_like(streak))
 
 
+def last_real_column(attention_mask: torch.Tensor) -> int:
+    """One past the last column holding a real token in any row: what can be cut off (right padding only)."""
+    return int(attention_mask.any(dim=0).nonzero().max()) + 1
+
+
 def _head_macs(hidden_size: int, num_labels: int) -> int:
     """Pooler + classifier, for one example (the same for an off-ramp and the final head)."""
     return hidden_size * hidden_size + hidden_size * num_labels
@@ -100,7 +105,7 @@ def early_exit_forward(
 
     for position, index in enumerate(encoder.active_layers):
         # Trailing columns that are padding for every running row are dropped (length bucketing on the fly).
-        longest = int(lengths[rows].max())
+        longest = last_real_column(mask)
         hidden, mask = hidden[:, :longest], mask[:, :longest]
         layer = encoder.layer[index]
         hidden, _ = layer(hidden, additive_attention_mask(mask, hidden.dtype))
@@ -206,7 +211,7 @@ def bucketed_forward(
     for layer in predicted_layers.unique().tolist():
         rows = (predicted_layers == layer).nonzero().squeeze(1)
         lengths = attention_mask[rows].sum(dim=1)
-        longest = int(lengths.max())
+        longest = last_real_column(attention_mask[rows])
         mask = attention_mask[rows, :longest]
         types = None if token_type_ids is None else token_type_ids[rows, :longest]
         hidden = model.bert.embeddings(input_ids[rows, :longest], types, None, None)
