@@ -26,7 +26,7 @@ from transformers import (  # noqa: E402
 )
 
 from transformers_flex.data import GLUE_DEV_SPLIT, glue_num_labels, load_glue, split_train_heldout, tokenize_glue  # noqa: E402
-from transformers_flex.metrics import glue_compute_metrics  # noqa: E402
+from transformers_flex.metrics import GLUE_METRICS, glue_compute_metrics  # noqa: E402
 from transformers_flex.utils import default_backbone_path  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -75,7 +75,9 @@ def main() -> None:
     trainer.train()
     plain = trainer.evaluate()
     teacher = json.loads((Path(args.teacher) / "stage_results.json").read_text())["metrics"]
-    names = [key for key in plain if key.startswith("eval_") and key in teacher and "runtime" not in key]
+    names = [
+        key for key in ("eval_loss", *(f"eval_{name}" for name in GLUE_METRICS[args.task_name])) if key in teacher
+    ]
     report = {
         "command": "python benchmarks/plain_trainer_baseline.py "
         + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
