@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .flops import paper_flops, subnet_flops
+from .metrics import accuracy
 from .modeling_flexbert import FlexBertPreTrainedModel
 
 Batch = Mapping[str, torch.Tensor]
@@ -32,10 +33,6 @@ def predict(model: FlexBertPreTrainedModel, batches: Iterable[Batch]) -> tuple[t
     return torch.cat(logits), torch.cat(labels), lengths
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return (logits.argmax(dim=-1) == labels).float().mean().item()
-
-
 def evaluate_subnets(
     model: FlexBertPreTrainedModel,
     batches: Iterable[Batch],
@@ -58,7 +55,7 @@ def evaluate_subnets(
             {
                 "width": width,
                 "depth": depth,
-                "accuracy": accuracy(logits, labels),
+                "accuracy": accuracy(logits.argmax(dim=-1).numpy(), labels.numpy()),
                 "mean_flops": statistics.fmean(flops_of_length[length] for length in lengths),
                 "paper_flops": paper_flops(model.config, width, depth),
             }
@@ -102,4 +99,4 @@ def subnet_latencies(
         model.set_subnet(**previous)
 
 
-__all__ = ["accuracy", "evaluate_subnets", "interleaved_medians", "predict", "subnet_grid", "subnet_latencies"]
+__all__ = ["evaluate_subnets", "interleaved_medians", "predict", "subnet_grid", "subnet_latencies"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .configuration_flexbert import EXIT_CRITERIA
-from .flops import layer_macs
+from .flops import head_macs, layer_macs
 from .modeling_flexbert import FlexBertForSequenceClassification, additive_attention_mask
 
 
@@ -60,9 +60,17 @@ def last_real_column(attention_mask: torch.Tensor) -> int:
     return int(attention_mask.any(dim=0).nonzero().max()) + 1
 
 
-def _head_macs(hidden_size: int, num_labels: int) -> int:
-    """Pooler + classifier, for one example (the same for an off-ramp and the final head)."""
-    return hidden_size * hidden_size + hidden_size * num_labels
+def layer_flops(config, layer, lengths: torch.Tensor) -> torch.Tensor:
+    """FLOPs of one layer at its active width for each example of the given real lengths."""
+    macs = layer_macs(
+        config.hidden_size,
+        config.head_size,
+        layer.active_heads,
+        layer.active_intermediate_size,
+        lengths.double(),
+        linear_only=False,
+    )
+    return 2 * macs
 
 
 @torch.inference_mode()
@@ -101,7 +109,7 @@ def early_exit_forward(
     rows = torch.arange(batch_size, device=device)  # original index of every row still running
     mask = attention_mask
     previous, streak = None, torch.zeros(batch_size, dtype=torch.long, device=device)
-    head_flops = 2 * _head_macs(config.hidden_size, config.num_labels)
+    head_flops = 2 * head_macs(config, "sequence_classification", seq_length=0)
 
     for position, index in enumerate(encoder.active_layers):
         # Trailing columns that are padding for every running row are dropped (length bucketing on the fly).
@@ -109,14 +117,7 @@ def early_exit_forward(
         hidden, mask = hidden[:, :longest], mask[:, :longest]
         layer = encoder.layer[index]
         hidden, _ = layer(hidden, additive_attention_mask(mask, hidden.dtype))
-        flops[rows] += 2 * layer_macs(
-            config.hidden_size,
-            config.head_size,
-            layer.active_heads,
-            layer.active_intermediate_size,
-            lengths[rows].double(),
-            linear_only=False,
-        )
+        flops[rows] += layer_flops(config, layer, lengths[rows])
         if position == len(encoder.active_layers) - 1:
             logits[rows] = model.classifier(model.bert.pooler(hidden)).float()
             exit_layers[rows] = index + 1
@@ -200,7 +201,7 @@ def bucketed_forward(
     logits = torch.zeros(batch_size, config.num_labels, device=input_ids.device)
     flops = torch.zeros(batch_size, dtype=torch.float64, device=input_ids.device)
     encoder = model.bert.encoder
-    head_flops = 2 * _head_macs(config.hidden_size, config.num_labels)
+    head_flops = 2 * head_macs(config, "sequence_classification", seq_length=0)
     answering = {index + 1 for index in encoder.active_layers if str(index + 1) in model.off_ramps}
     answering.add(encoder.active_layers[-1] + 1)
     unknown = set(predicted_layers.tolist()) - answering
@@ -219,14 +220,7 @@ def bucketed_forward(
         for index in [i for i in encoder.active_layers if i < layer]:
             block = encoder.layer[index]
             hidden, _ = block(hidden, additive)
-            flops[rows] += 2 * layer_macs(
-                config.hidden_size,
-                config.head_size,
-                block.active_heads,
-                block.active_intermediate_size,
-                lengths.double(),
-                linear_only=False,
-            )
+            flops[rows] += layer_flops(config, block, lengths)
         if layer == encoder.active_layers[-1] + 1:
             logits[rows] = model.classifier(model.bert.pooler(hidden)).float()
         else:

@@ -44,6 +44,12 @@ def neurons_for_heads(intermediate_size: int, kept_heads: int, num_heads: int) -
     return max(1, kept_heads * intermediate_size // num_heads)
 
 
+def width_shape(num_heads: int, intermediate_size: int, width: float) -> tuple[int, int]:
+    """(heads, FFN neurons) a layer of this size keeps at `width`."""
+    heads = heads_for_width(num_heads, width)
+    return heads, neurons_for_heads(intermediate_size, heads, num_heads)
+
+
 def kept_layer_indices(num_layers: int, depth: float, depth_rule: str) -> list[int]:
     """0-based indices of the layers a depth multiplier keeps, under `every_other` or `prefix`."""
     if depth_rule not in DEPTH_RULES:
@@ -61,9 +67,10 @@ def subnet_layer_shapes(config: FlexBertConfig, width: Width, depth: float) -> l
     _check_multiplier("depth", depth)
     shapes = []
     for index in kept_layer_indices(config.num_hidden_layers, depth, config.depth_rule):
-        num_heads = config.num_heads_of_layer(index)
-        heads = heads_for_width(num_heads, widths[index])
-        shapes.append((index, heads, neurons_for_heads(config.intermediate_size_of_layer(index), heads, num_heads)))
+        heads, neurons = width_shape(
+            config.num_heads_of_layer(index), config.intermediate_size_of_layer(index), widths[index]
+        )
+        shapes.append((index, heads, neurons))
     return shapes
 
 
@@ -244,9 +251,8 @@ class FlexBertLayer(nn.Module):
 
     def set_width(self, width: float) -> None:
         """Run the first `round(heads * width)` heads and the same share of FFN neurons."""
-        heads = heads_for_width(self.num_heads, width)
-        self.attention.self.active_heads = heads
-        self.intermediate.active_size = neurons_for_heads(self.intermediate_size, heads, self.num_heads)
+        heads, neurons = width_shape(self.num_heads, self.intermediate_size, width)
+        self.attention.self.active_heads, self.intermediate.active_size = heads, neurons
 
     @property
     def active_heads(self) -> int:
