@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from transformers_flex import FlexBertForSequenceClassification
-from transformers_flex.flops import layer_macs
-from transformers_flex.inference import early_exit_forward, patience_update, prediction_entropy
+from transformers_flex.modeling_flexbert import layer_macs, patience_update, prediction_entropy
 
 
 @pytest.fixture
@@ -71,11 +70,11 @@ def test_batched_exits_equal_sequential_reference_and_batch_size_one(
     with ramp_model.subnet(width=width, depth=depth):
         if threshold is None:
             threshold = median_ramp_entropy(ramp_model, batch, normalized=criterion == "normalized_entropy")
-        batched = early_exit_forward(ramp_model, **batch, criterion=criterion, threshold=threshold)
+        batched = ramp_model.dynamic_forward(**batch, criterion=criterion, threshold=threshold)
         expected_logits, expected_exits = sequential_reference(ramp_model, batch, criterion, threshold)
         singles = [
-            early_exit_forward(
-                ramp_model, **{k: v[i : i + 1] for k, v in batch.items()}, criterion=criterion, threshold=threshold
+            ramp_model.dynamic_forward(
+                **{k: v[i : i + 1] for k, v in batch.items()}, criterion=criterion, threshold=threshold
             )
             for i in range(len(batch["input_ids"]))
         ]
@@ -89,19 +88,19 @@ def test_batched_exits_equal_sequential_reference_and_batch_size_one(
 
 
 def test_thresholds_move_exits_between_first_ramp_and_full_model(ramp_model, batch):
-    never = early_exit_forward(ramp_model, **batch, criterion="entropy", threshold=0.0)
+    never = ramp_model.dynamic_forward(**batch, criterion="entropy", threshold=0.0)
     with torch.no_grad():
         full = ramp_model(**batch).logits
     assert never.exit_layers.tolist() == [4] * 8
     torch.testing.assert_close(never.logits, full, atol=1e-5, rtol=0)
-    always = early_exit_forward(ramp_model, **batch, criterion="entropy", threshold=10.0)
+    always = ramp_model.dynamic_forward(**batch, criterion="entropy", threshold=10.0)
     assert always.exit_layers.tolist() == [1] * 8
     assert torch.all(always.flops < never.flops)
 
 
 def test_flops_count_the_layers_ramps_and_head_each_example_ran(ramp_model, batch, tiny_config):
     threshold = median_ramp_entropy(ramp_model, batch, normalized=False)
-    out = early_exit_forward(ramp_model, **batch, criterion="entropy", threshold=threshold)
+    out = ramp_model.dynamic_forward(**batch, criterion="entropy", threshold=threshold)
     assert len(set(out.exit_layers.tolist())) >= 2
     head = 2 * (64 * 64 + 64 * tiny_config.num_labels)
     for row, (length, exit_layer) in enumerate(zip(batch["attention_mask"].sum(1).tolist(), out.exit_layers.tolist())):
@@ -125,8 +124,8 @@ def test_regression_needs_patience(tiny_config, batch):
     tiny_config.num_labels, tiny_config.exit_layers = 1, [2]
     model = FlexBertForSequenceClassification(tiny_config).eval()
     with pytest.raises(ValueError, match="patience"):
-        early_exit_forward(model, **batch, criterion="entropy", threshold=0.1)
-    out = early_exit_forward(model, **batch, criterion="patience", threshold=1)
+        model.dynamic_forward(**batch, criterion="entropy", threshold=0.1)
+    out = model.dynamic_forward(**batch, criterion="patience", threshold=1)
     assert out.logits.shape == (8, 1) and set(out.exit_layers.tolist()) == {4}  # one ramp cannot agree with another
 
 
@@ -172,13 +171,13 @@ def test_left_padding_is_never_cut(ramp_model, batch):
     assert left["attention_mask"][:, -1].all() and not left["attention_mask"][:, 0].all()
     threshold = median_ramp_entropy(ramp_model, batch, normalized=False)
     expected_logits, expected_exits = sequential_reference(ramp_model, left, "entropy", threshold)
-    out = early_exit_forward(ramp_model, **left, criterion="entropy", threshold=threshold)
+    out = ramp_model.dynamic_forward(**left, criterion="entropy", threshold=threshold)
     assert torch.equal(out.exit_layers, expected_exits)
     torch.testing.assert_close(out.logits, expected_logits, atol=1e-5, rtol=0)
 
 
 def test_only_trailing_padding_counts_as_cuttable():
-    from transformers_flex.inference import last_real_column
+    from transformers_flex.modeling_flexbert import last_real_column
 
     assert last_real_column(torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])) == 2
     assert last_real_column(torch.tensor([[0, 0, 1, 1], [0, 0, 0, 1]])) == 4

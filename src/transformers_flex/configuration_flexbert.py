@@ -59,8 +59,17 @@ class FlexBertConfig(PreTrainedConfig):
             When an off-ramp answers: `"entropy"`, `"normalized_entropy"` (divided by ln C) or `"patience"`.
         exit_threshold (`float`, defaults to 0.0):
             Entropy below which an off-ramp answers (entropy criteria), or the number of agreeing ramps (patience).
+        exit_regression_tolerance (`float`, defaults to 0.01):
+            Patience on a regression task: two consecutive ramps agree when their outputs differ by less than this.
         gate_widths (`list[float]`, *optional*):
-            The widths the classes of a width gate stand for; defaults to `width_mults`.
+            The widths the classes of a width gate stand for; defaults to `width_mults`. Remapping them after
+            training moves the whole trade-off curve (e.g. `[0.5, 0.55, 0.55, 0.75]`).
+        gate_block_size (`int`, defaults to 0):
+            Width gates: 0 for none; `k` puts an in-gate before layer 1 and a gate after every `k`-th layer, each
+            picking the width of the next `k` layers from the [CLS] state.
+        dynamic_inference (`bool`, defaults to `False`):
+            In eval mode, `FlexBertForSequenceClassification` runs per example: gates pick widths, off-ramps stop
+            early, rows that exit leave the batch. Outputs report each example's exit layer, widths and FLOPs.
         layer_num_heads (`list[int]`, *optional*):
             Heads of each layer of an exported (physically smaller) model; `None` means `num_attention_heads` each.
         layer_intermediate_sizes (`list[int]`, *optional*):
@@ -91,7 +100,10 @@ class FlexBertConfig(PreTrainedConfig):
     exit_layers: list[int] | None = None
     exit_criterion: str = "entropy"
     exit_threshold: float | int = 0.0
+    exit_regression_tolerance: float | int = 0.01
     gate_widths: list[float | int] | None = None
+    gate_block_size: int = 0
+    dynamic_inference: bool = False
     layer_num_heads: list[int] | None = None
     layer_intermediate_sizes: list[int] | None = None
     auto_map: dict | None = None
@@ -136,6 +148,19 @@ class FlexBertConfig(PreTrainedConfig):
             raise ValueError(f"`exit_criterion` must be one of {EXIT_CRITERIA}, got {self.exit_criterion!r}.")
         if isinstance(self.exit_threshold, bool) or not self.exit_threshold >= 0:
             raise ValueError(f"`exit_threshold` must be a number >= 0, got {self.exit_threshold!r}.")
+        if isinstance(self.exit_regression_tolerance, bool) or not self.exit_regression_tolerance >= 0:
+            raise ValueError(
+                f"`exit_regression_tolerance` must be a number >= 0, got {self.exit_regression_tolerance!r}."
+            )
+        if (
+            isinstance(self.gate_block_size, bool)
+            or not isinstance(self.gate_block_size, int)
+            or not 0 <= self.gate_block_size <= self.num_hidden_layers
+        ):
+            raise ValueError(
+                f"`gate_block_size` must be an integer in [0, {self.num_hidden_layers}] (0: no gates), "
+                f"got {self.gate_block_size!r}."
+            )
         if not isinstance(self.exit_layers, (list, tuple)) or any(
             isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= self.num_hidden_layers
             for layer in self.exit_layers
@@ -150,6 +175,13 @@ class FlexBertConfig(PreTrainedConfig):
         _check_per_layer_sizes(
             "layer_intermediate_sizes", self.layer_intermediate_sizes, self.num_hidden_layers, self.intermediate_size
         )
+
+    @property
+    def gate_layers(self) -> list[int]:
+        """Layers whose output a width gate reads (0: the embeddings' in-gate); each picks the next block's width."""
+        if self.gate_block_size == 0:
+            return []
+        return list(range(0, self.num_hidden_layers, self.gate_block_size))
 
     @property
     def head_size(self) -> int:

@@ -9,29 +9,18 @@ softmax and activations are not counted (as in the papers and in `torch.utils.fl
 from typing import Literal
 
 from .configuration_flexbert import FlexBertConfig
-from .modeling_flexbert import Width, subnet_layer_shapes
+from .modeling_flexbert import Width, cls_head_macs, layer_macs, subnet_layer_shapes
 
 Head = Literal["sequence_classification", "question_answering", "none"]
 PAPER_SEQ_LENGTH = 128  # the papers count linear layers only, at padded length 128 (thop style)
 
 
-def layer_macs(hidden_size: int, head_size: int, heads: int, neurons: int, seq_length: int, linear_only: bool) -> int:
-    """Multiply-accumulates of one layer for one example of `seq_length` tokens."""
-    attention_width = heads * head_size
-    linear = seq_length * (
-        3 * hidden_size * attention_width + attention_width * hidden_size + 2 * hidden_size * neurons
-    )
-    attention = 0 if linear_only else 2 * seq_length * seq_length * attention_width
-    return linear + attention
-
-
 def head_macs(config: FlexBertConfig, head: Head, seq_length: int) -> int:
     """Multiply-accumulates of the task head: pooler + classifier, or the per-token QA projection."""
-    hidden_size = config.hidden_size
     if head == "sequence_classification":
-        return hidden_size * hidden_size + hidden_size * config.num_labels
+        return cls_head_macs(config.hidden_size, config.num_labels)
     if head == "question_answering":
-        return seq_length * hidden_size * config.num_labels
+        return seq_length * config.hidden_size * config.num_labels
     return 0
 
 
@@ -82,4 +71,4 @@ def subnet_num_parameters(
     return total
 
 
-__all__ = ["layer_macs", "paper_flops", "subnet_flops", "subnet_num_parameters"]
+__all__ = ["head_macs", "layer_macs", "paper_flops", "subnet_flops", "subnet_num_parameters"]

@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +25,27 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
 )
 
-from .configuration_flexbert import DEPTH_RULES, FlexBertConfig
+from .configuration_flexbert import DEPTH_RULES, EXIT_CRITERIA, FlexBertConfig
 
 Width = float | Sequence[float]
+
+
+@dataclass
+class FlexBertDynamicOutput(SequenceClassifierOutput):
+    """Sequence classification output of dynamic (per-example) inference.
+
+    Args:
+        exit_layers (`torch.LongTensor` of shape `(batch_size,)`):
+            1-based layer after which each example answered (its off-ramp's, or the last layer's classifier).
+        layer_widths (`torch.FloatTensor` of shape `(batch_size, num_hidden_layers)`):
+            Width multiplier every layer ran at for each example; 0 for the layers it did not run.
+        flops (`torch.DoubleTensor` of shape `(batch_size,)`):
+            FLOPs each example spent at its real (unpadded) length: layers, gates, off-ramps and head that ran.
+    """
+
+    exit_layers: torch.LongTensor | None = None
+    layer_widths: torch.FloatTensor | None = None
+    flops: torch.DoubleTensor | None = None
 
 
 def _round_half_up(value: float) -> int:
@@ -92,6 +111,53 @@ def _per_layer_widths(width: Width, num_layers: int) -> list[float]:
         return [float(layer_width) for layer_width in width]
     _check_multiplier("width", width)
     return [float(width)] * num_layers
+
+
+def layer_macs(hidden_size: int, head_size: int, heads: int, neurons: int, seq_length, linear_only: bool = False):
+    """Multiply-accumulates of one layer for one example of `seq_length` tokens (an int, or a tensor of lengths):
+    the linear layers plus, unless `linear_only`, the two attention matmuls (ALGORITHMS.md §10)."""
+    attention_width = heads * head_size
+    linear = seq_length * (
+        3 * hidden_size * attention_width + attention_width * hidden_size + 2 * hidden_size * neurons
+    )
+    attention = 0 if linear_only else 2 * seq_length * seq_length * attention_width
+    return linear + attention
+
+
+def cls_head_macs(hidden_size: int, num_outputs: int) -> int:
+    """Multiply-accumulates of a head on the [CLS] vector, dense H->H then H->outputs: the pooler + classifier, an
+    off-ramp, or a width gate."""
+    return hidden_size * hidden_size + hidden_size * num_outputs
+
+
+def prediction_entropy(logits: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+    """Entropy (natural log) of each row's softmax; divided by ln(classes) when `normalized` (FastBERT)."""
+    log_probs = logits.float().log_softmax(dim=-1)
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+    return entropy / math.log(logits.shape[-1]) if normalized else entropy
+
+
+def patience_update(
+    logits: torch.Tensor, previous: torch.Tensor | None, streak: torch.Tensor, regression_tolerance: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PABEE's counter: (prediction, consecutive agreements) after one more ramp.
+
+    Classification: a ramp agrees when its argmax equals the previous ramp's. Regression: when its output differs
+    from the previous one by less than `regression_tolerance`.
+    """
+    prediction = logits[:, 0] if logits.shape[-1] == 1 else logits.argmax(dim=-1).to(logits.dtype)
+    if previous is None:
+        return prediction, torch.zeros_like(streak)
+    if logits.shape[-1] == 1:
+        agrees = (prediction - previous).abs() < regression_tolerance
+    else:
+        agrees = prediction == previous
+    return prediction, torch.where(agrees, streak + 1, torch.zeros_like(streak))
+
+
+def last_real_column(attention_mask: torch.Tensor) -> int:
+    """One past the last column holding a real token in any row: what can be cut off (right padding only)."""
+    return int(attention_mask.any(dim=0).nonzero().max()) + 1
 
 
 class FlexBertEmbeddings(nn.Module):
@@ -254,6 +320,16 @@ class FlexBertLayer(nn.Module):
         heads, neurons = width_shape(self.num_heads, self.intermediate_size, width)
         self.attention.self.active_heads, self.intermediate.active_size = heads, neurons
 
+    @contextmanager
+    def at_width(self, width: float) -> Iterator["FlexBertLayer"]:
+        """Run at `width` inside the block, then return to the previous width."""
+        previous = (self.attention.self.active_heads, self.intermediate.active_size)
+        self.set_width(width)
+        try:
+            yield self
+        finally:
+            self.attention.self.active_heads, self.intermediate.active_size = previous
+
     @property
     def active_heads(self) -> int:
         return self.attention.self.active_heads
@@ -290,6 +366,11 @@ class FlexBertEncoder(nn.Module):
         self.active_layers = kept_layer_indices(len(self.layer), depth, self.config.depth_rule)
         self.width = list(width) if isinstance(width, (list, tuple)) else width
         self.depth = depth
+
+    @property
+    def layer_widths(self) -> list[float]:
+        """The active width multiplier of every layer."""
+        return _per_layer_widths(self.width, len(self.layer))
 
     def forward(
         self,
@@ -335,6 +416,20 @@ class FlexBertOffRamp(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.pooler(hidden_states)))
+
+
+class FlexBertWidthGate(nn.Module):
+    """A width gate (Flexible BERT): dense H->H, ReLU, dense H->K on the [CLS] state; class k means width
+    `config.gate_widths[k]` for the next block of layers."""
+
+    def __init__(self, config: FlexBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.ReLU()
+        self.classifier = nn.Linear(config.hidden_size, len(config.gate_widths))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.activation(self.dense(hidden_states[:, 0])))
 
 
 class FlexBertPreTrainedModel(PreTrainedModel):
@@ -395,7 +490,7 @@ class FlexBertPreTrainedModel(PreTrainedModel):
         config.layer_intermediate_sizes = [neurons for _, _, neurons in shape]
         # Widths and depths of the export are relative to its own (smaller) layers.
         config.width_mults, config.depth_mults = [1.0], [1.0]
-        config.gate_widths = [1.0]
+        config.gate_widths, config.gate_block_size = [1.0], 0  # gates pick supernet widths: not exported
         config.exit_layers = [kept.index(layer - 1) + 1 for layer in config.exit_layers if layer - 1 in kept]
         compact = type(self)(config).to(device=self.device, dtype=self.dtype)
         source = self.state_dict()
@@ -497,6 +592,8 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         # One off-ramp after each exit layer but the last, whose answer is the final classifier's.
         ramp_layers = [layer for layer in config.exit_layers if layer < config.num_hidden_layers]
         self.off_ramps = nn.ModuleDict({str(layer): FlexBertOffRamp(config) for layer in ramp_layers})
+        # Width gates keyed by the number of layers run before them ("0": the in-gate on the embeddings).
+        self.width_gates = nn.ModuleDict({str(layer): FlexBertWidthGate(config) for layer in config.gate_layers})
         self.post_init()
 
     @torch.no_grad()
@@ -532,6 +629,133 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
             return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
+    # --- dynamic (per-example) inference: ALGORITHMS.md §5-7, §9 -------------------------------------------------
+
+    def _check_dynamic_settings(self, criterion: str) -> None:
+        if criterion not in EXIT_CRITERIA:
+            raise ValueError(f"`criterion` must be one of {EXIT_CRITERIA}, got {criterion!r}.")
+        if self.num_labels == 1 and criterion != "patience":
+            raise ValueError("A regression model has no prediction entropy: use `criterion='patience'`.")
+        for gate in self.width_gates.values():
+            if gate.classifier.out_features != len(self.config.gate_widths):
+                raise ValueError(
+                    f"The width gates have {gate.classifier.out_features} classes but `config.gate_widths` lists "
+                    f"{len(self.config.gate_widths)} widths: remap them with a list of the same length."
+                )
+
+    def _run_layer_by_width(
+        self, layer: FlexBertLayer, hidden: torch.Tensor, mask: torch.Tensor, widths: torch.Tensor, lengths
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer with every row at its own width: rows sharing a width run as one dense batch, trimmed to their
+        longest row. Returns the new hidden states and each row's FLOPs."""
+        config = self.config
+        groups = widths.unique().tolist()
+        output = hidden if len(groups) == 1 else hidden.clone()
+        flops = torch.zeros(len(widths), dtype=torch.float64, device=hidden.device)
+        for width in groups:
+            group = slice(None) if len(groups) == 1 else (widths == width).nonzero().squeeze(1)
+            with layer.at_width(width):
+                if len(groups) == 1:  # the common case: one width for all rows, no gather/scatter
+                    output, _ = layer(hidden, additive_attention_mask(mask, hidden.dtype))
+                else:
+                    longest = last_real_column(mask[group])
+                    group_mask = additive_attention_mask(mask[group, :longest], hidden.dtype)
+                    output[group, :longest], _ = layer(hidden[group, :longest], group_mask)
+                heads, neurons = layer.active_heads, layer.active_intermediate_size
+            flops[group] = 2 * layer_macs(
+                config.hidden_size, config.head_size, heads, neurons, lengths[group].double()
+            )
+        return output, flops
+
+    @torch.no_grad()
+    def dynamic_forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        criterion: str | None = None,
+        threshold: float | None = None,
+        use_gates: bool = True,
+    ) -> FlexBertDynamicOutput:
+        """Per-example inference on a batch: width gates pick each block's width, off-ramps answer early.
+
+        After every layer with an off-ramp, rows whose ramp satisfies the exit criterion (`criterion`/`threshold`,
+        by default the config's) answer and leave; the rest continue as a smaller dense batch with trailing padding
+        trimmed. Rows that gates sent to different widths run a layer as one dense group per width. Without gates,
+        every layer runs at the active sub-network's width; the last active layer always answers. Every example gets
+        the answer, exit layer and widths it would get alone.
+        """
+        config, encoder = self.config, self.bert.encoder
+        criterion = config.exit_criterion if criterion is None else criterion
+        threshold = config.exit_threshold if threshold is None else threshold
+        self._check_dynamic_settings(criterion)
+        hidden = self.bert.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        batch_size, device = hidden.shape[0], hidden.device
+        mask = (
+            torch.ones(hidden.shape[:2], dtype=torch.long, device=device) if attention_mask is None else attention_mask
+        )
+        lengths = mask.sum(dim=1)
+        gates = self.width_gates if use_gates else {}
+        gate_widths = torch.tensor(config.gate_widths, dtype=torch.float64, device=device)
+        static_widths = encoder.layer_widths
+        logits = torch.zeros(batch_size, config.num_labels, device=device)
+        exit_layers = torch.zeros(batch_size, dtype=torch.long, device=device)
+        layer_widths = torch.zeros(batch_size, config.num_hidden_layers, device=device)
+        flops = torch.zeros(batch_size, dtype=torch.float64, device=device)
+        head_flops = 2 * cls_head_macs(config.hidden_size, config.num_labels)
+        gate_flops = 2 * cls_head_macs(config.hidden_size, len(config.gate_widths))
+        rows = torch.arange(batch_size, device=device)  # original index of every row still running
+        row_widths = None  # each running row's width, once a gate has picked one
+        previous, streak = None, torch.zeros(batch_size, dtype=torch.long, device=device)
+        for index in encoder.active_layers:
+            # Trailing columns that are padding for every running row are dropped (length bucketing on the fly).
+            longest = last_real_column(mask)
+            hidden, mask = hidden[:, :longest], mask[:, :longest]
+            if str(index) in gates:
+                row_widths = gate_widths[gates[str(index)](hidden).argmax(dim=-1)]
+                flops[rows] += gate_flops
+            widths = row_widths
+            if widths is None:
+                widths = torch.full((len(rows),), static_widths[index], dtype=torch.float64, device=device)
+            hidden, spent = self._run_layer_by_width(encoder.layer[index], hidden, mask, widths, lengths[rows])
+            flops[rows] += spent
+            layer_widths[rows, index] = widths.float()
+            if index == encoder.active_layers[-1]:
+                logits[rows] = self.classifier(self.bert.pooler(hidden)).float()
+                exit_layers[rows] = index + 1
+                flops[rows] += head_flops
+                break
+            if str(index + 1) not in self.off_ramps:
+                continue
+            answer = self.off_ramps[str(index + 1)](hidden).float()
+            flops[rows] += head_flops
+            if criterion == "patience":
+                previous, streak[rows] = patience_update(
+                    answer, previous, streak[rows], config.exit_regression_tolerance
+                )
+                done = streak[rows] >= threshold
+            else:
+                done = prediction_entropy(answer, normalized=criterion == "normalized_entropy") < threshold
+            logits[rows[done]] = answer[done]
+            exit_layers[rows[done]] = index + 1
+            # Compaction: only the rows that go on run the next layers, as a smaller dense batch.
+            keep = ~done
+            rows, hidden, mask = rows[keep], hidden[keep], mask[keep]
+            row_widths = None if row_widths is None else row_widths[keep]
+            previous = None if previous is None else previous[keep]
+            if rows.numel() == 0:
+                break
+        return FlexBertDynamicOutput(
+            loss=self.classification_loss(logits, labels) if labels is not None else None,
+            logits=logits,
+            exit_layers=exit_layers,
+            layer_widths=layer_widths,
+            flops=flops,
+        )
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -545,6 +769,17 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> SequenceClassifierOutput | tuple:
+        if self.config.dynamic_inference and not self.training:
+            self._reject_head_mask(head_mask)
+            if output_attentions or output_hidden_states:
+                raise ValueError(
+                    "Dynamic inference returns no hidden states or attentions (rows leave the batch early); set "
+                    "`config.dynamic_inference = False` to get them."
+                )
+            output = self.dynamic_forward(
+                input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, labels
+            )
+            return output if return_dict is not False else output.to_tuple()
         outputs = self.bert(
             input_ids,
             attention_mask=attention_mask,
@@ -622,12 +857,15 @@ class FlexBertForQuestionAnswering(FlexBertPreTrainedModel):
 
 
 __all__ = [
+    "FlexBertDynamicOutput",
     "FlexBertForQuestionAnswering",
     "FlexBertForSequenceClassification",
     "FlexBertModel",
     "FlexBertPreTrainedModel",
     "heads_for_width",
     "kept_layer_indices",
+    "layer_macs",
     "neurons_for_heads",
+    "prediction_entropy",
     "subnet_layer_shapes",
 ]
