@@ -148,3 +148,104 @@ def test_gates_are_not_exported_and_bad_block_sizes_are_clear_errors(gated_model
     tiny_config.gate_block_size = 5
     with pytest.raises(ValueError, match="gate_block_size"):
         tiny_config.check_flex_fields()
+
+
+# --- gate labels, loss and the gates stage ------------------------------------------------------------------------
+
+
+def test_gate_label_is_the_smallest_correct_width_else_the_largest():
+    from transformers_flex.losses import gate_labels
+
+    widths = [1.0, 0.75, 0.5, 0.25]  # class k stands for widths[k]
+    correct = torch.tensor(
+        [
+            [True, True, False, False],  # width 1.0
+            [True, False, True, False],  # width 0.75
+            [True, False, True, False],  # width 0.5
+            [True, False, False, False],  # width 0.25
+        ]
+    )
+    assert gate_labels(correct, widths).tolist() == [3, 0, 2, 0]
+    shuffled = [0.5, 1.0, 0.25, 0.75]  # the rule follows width values, not class order
+    assert gate_labels(correct[[2, 0, 3, 1]], shuffled).tolist() == [2, 1, 0, 1]
+
+
+def test_gate_class_weights_are_inverse_frequencies():
+    from transformers_flex.losses import gate_class_weights
+
+    weights = gate_class_weights(torch.tensor([30.0, 10.0, 0.0, 60.0]))
+    assert torch.allclose(weights * torch.tensor([30.0, 10.0, 1.0, 60.0]), torch.full((4,), 25.0))
+
+
+def test_gate_loss_prefers_the_labelled_class_and_weights_rare_ones():
+    from transformers_flex.losses import gate_loss
+
+    labels = torch.tensor([0, 1])
+    right = torch.tensor([[[8.0, 0.0]], [[0.0, 8.0]]])  # (batch, gates, classes)
+    torch.manual_seed(0)
+    low = gate_loss(right, labels, torch.ones(2), temperature=0.5)
+    torch.manual_seed(0)
+    high = gate_loss(-right, labels, torch.ones(2), temperature=0.5)
+    assert low < high
+    torch.manual_seed(0)
+    only_second = gate_loss(-right, labels, torch.tensor([0.0, 1.0]), temperature=0.5)
+    torch.manual_seed(0)
+    both = gate_loss(-right, labels, torch.ones(2), temperature=0.5)
+    assert 0 < only_second < both
+
+
+def gate_cross_entropy(trainer, model, dataset) -> float:
+    """Mean cross-entropy of every gate's logits against the gate labels (no sampling), over the dataset."""
+    from conftest import pad_collate
+
+    batch = pad_collate([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        labels, states = trainer.gate_targets(model, batch)
+        losses = [
+            torch.nn.functional.cross_entropy(model.width_gates[str(layer)](states[:, [i]]), labels)
+            for i, layer in enumerate(model.config.gate_layers)
+        ]
+    return float(sum(losses) / len(losses))
+
+
+def test_gates_stage_trains_only_the_gates_and_fits_their_labels(tiny_config, tmp_path):
+    from conftest import pad_collate, random_classification_dataset
+    from test_trainer import make_args
+
+    from transformers_flex import FlexTrainer
+
+    tiny_config.gate_block_size = 2
+    torch.manual_seed(0)
+    model = FlexBertForSequenceClassification(tiny_config)
+    initial = {name: value.clone() for name, value in model.state_dict().items()}
+    dataset = random_classification_dataset(32)
+    args = make_args(tmp_path, flex_stage="gates", optim="adamw_torch", learning_rate=1e-2, max_steps=40)
+    trainer = FlexTrainer(
+        model=model, args=args, train_dataset=dataset, eval_dataset=dataset, data_collator=pad_collate
+    )
+    before = gate_cross_entropy(trainer, model, dataset)
+    trainer.train()
+    after = gate_cross_entropy(trainer, model, dataset)
+    changed = {name for name, value in model.state_dict().items() if not torch.equal(value, initial[name])}
+    assert changed and all(name.startswith("width_gates.") for name in changed)
+    assert after < before
+    # Evaluation of the gates stage runs the gated (dynamic) model, as inference will.
+    metrics = trainer.evaluate()
+    batch = pad_collate([dataset[i] for i in range(len(dataset))])
+    model.eval()
+    dynamic = model.dynamic_forward(batch["input_ids"], batch["attention_mask"])
+    assert not model.config.dynamic_inference  # restored after evaluation
+    assert metrics["eval_loss"] == pytest.approx(
+        float(torch.nn.functional.cross_entropy(dynamic.logits, batch["labels"])), rel=1e-4
+    )
+
+
+def test_gates_stage_needs_gates(tiny_config, tmp_path):
+    from conftest import pad_collate
+    from test_trainer import make_args
+
+    from transformers_flex import FlexTrainer
+
+    model = FlexBertForSequenceClassification(tiny_config)
+    with pytest.raises(ValueError, match="gate_block_size"):
+        FlexTrainer(model=model, args=make_args(tmp_path, flex_stage="gates"), data_collator=pad_collate)

@@ -77,6 +77,8 @@ class FlexBertConfig(PreTrainedConfig):
     """
 
     model_type = "flexbert"
+    # Per-example extras of dynamic inference: the Trainer's evaluation loop keeps only the logits.
+    keys_to_ignore_at_inference = ["exit_layers", "layer_widths", "flops"]
 
     # BERT's own fields, with BERT-base defaults (as in `BertConfig`).
     vocab_size: int = 30522

@@ -103,12 +103,57 @@ def ramp_training_loss(
     return task_loss(final_logits, labels) + distill  # shared_exit
 
 
+# --- width gates (ALGORITHMS.md §6) -------------------------------------------------------------------------------
+
+
+def prediction_is_correct(logits: torch.Tensor, labels: torch.Tensor, regression_tolerance: float) -> torch.Tensor:
+    """(batch,) whether each prediction is right: argmax == label, or for regression |output - label| <= tolerance."""
+    if logits.shape[-1] == 1:
+        return (logits[:, 0].float() - labels.float()).abs() <= regression_tolerance
+    return logits.argmax(dim=-1) == labels
+
+
+def gate_labels(correct: torch.Tensor, widths: list[float]) -> torch.Tensor:
+    """Each example's gate class: the smallest width whose prediction is correct, else the largest width.
+
+    `correct` is (len(widths), batch): row k says which examples the model gets right at uniform width `widths[k]`.
+    """
+    by_size = sorted(range(len(widths)), key=lambda k: widths[k])  # class indices from the smallest width up
+    label = torch.full((correct.shape[1],), by_size[-1], dtype=torch.long, device=correct.device)
+    for k in reversed(by_size):  # the smallest correct width is written last, so it wins
+        label = torch.where(correct[k], k, label)
+    return label
+
+
+def gate_class_weights(counts: torch.Tensor) -> torch.Tensor:
+    """Class weights inverse to label frequency, `total / (classes * count)` (1 for balanced labels)."""
+    return counts.sum() / (len(counts) * counts.clamp(min=1))
+
+
+def gate_loss(
+    gate_logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """NLL of a Gumbel-softmax sample of every gate against the example's width class (our reading of §6).
+
+    `gate_logits` is (batch, gates, classes); every gate of an example shares its label. The loss is the
+    class-weighted per-example mean, so gradient accumulation over equal micro-batches gives the same update.
+    """
+    sample = F.gumbel_softmax(gate_logits.float(), tau=temperature, hard=False, dim=-1)
+    log_sample = sample.clamp(min=1e-9).log()
+    chosen = log_sample.gather(-1, labels[:, None, None].expand(-1, gate_logits.shape[1], 1)).squeeze(-1)
+    return -(class_weights[labels][:, None] * chosen).mean()
+
+
 __all__ = [
+    "gate_class_weights",
+    "gate_labels",
+    "gate_loss",
     "hidden_states_distillation",
     "kl_to_teacher",
     "layer_weighted_loss",
     "logits_distillation",
     "masked_hidden_mse",
+    "prediction_is_correct",
     "ramp_training_loss",
     "soft_cross_entropy",
     "teacher_layer_for_student",

@@ -4,7 +4,8 @@ Each optimizer step takes one batch, runs the teacher once (no gradients), then 
 (largest first) a forward and a backward whose gradients accumulate, so memory does not grow with the number of
 sub-networks; the `Trainer` then clips and steps once. Everything else — gradient accumulation, mixed precision,
 checkpoints and resuming, DDP, logging — is the `Trainer`'s own machinery. The `ramps` stage trains early-exit
-off-ramps of the full model with one of the published objectives (ALGORITHMS.md §5).
+off-ramps of the full model with one of the published objectives (ALGORITHMS.md §5); the `gates` stage trains the
+width gates on a frozen model (ALGORITHMS.md §6).
 """
 
 import math
@@ -20,7 +21,15 @@ from transformers.utils import logging
 
 from .evaluation import subnet_grid
 from .importance import compute_importance, graft
-from .losses import hidden_states_distillation, logits_distillation, ramp_training_loss
+from .losses import (
+    gate_class_weights,
+    gate_labels,
+    gate_loss,
+    hidden_states_distillation,
+    logits_distillation,
+    prediction_is_correct,
+    ramp_training_loss,
+)
 from .training_args import FROZEN_BACKBONE_RAMP_TRAINING, PIPELINE_STAGE, FlexTrainingArguments
 
 logger = logging.get_logger(__name__)
@@ -30,7 +39,7 @@ Subnet = tuple[float, float]
 
 def stage_subnets(config, stage: str) -> list[Subnet]:
     """The (width, depth) pairs a stage trains, largest first: depth descending, then width descending."""
-    if stage in ("teacher", "ramps"):
+    if stage in ("teacher", "ramps", "gates"):
         return [(1.0, 1.0)]
     return subnet_grid(config, full_depth_only=stage == "width")
 
@@ -60,6 +69,14 @@ def prepare_ramp_training(model: nn.Module, mode: str) -> None:
     if mode in FROZEN_BACKBONE_RAMP_TRAINING:
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name.startswith("off_ramps."))
+
+
+def prepare_gate_training(model: nn.Module) -> None:
+    """Check the model has width gates; freeze everything else (the gates learn on a fixed model)."""
+    if len(getattr(model, "width_gates", {})) == 0:
+        raise ValueError("The gates stage needs width gates: set `config.gate_block_size` (e.g. 1 or 2).")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("width_gates."))
 
 
 class FlexTrainer(Trainer):
@@ -100,6 +117,8 @@ class FlexTrainer(Trainer):
             raise ValueError("Grafting needs `importance_dataset` (held-out training examples with labels).")
         if args.flex_stage == "ramps":
             prepare_ramp_training(model, args.ramp_training)
+        if args.flex_stage == "gates":
+            prepare_gate_training(model)
         super().__init__(model=model, args=args, **kwargs)
         self.teacher_model = None
         if teacher_model is not None:
@@ -108,6 +127,7 @@ class FlexTrainer(Trainer):
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps = 0
         self._last_graft_step: int | None = None
+        self._gate_class_weights: torch.Tensor | None = None
 
     # --- which sub-networks ------------------------------------------------------------------------------------
 
@@ -135,7 +155,7 @@ class FlexTrainer(Trainer):
     def training_step(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
-        if self.args.flex_stage in ("teacher", "ramps"):
+        if self.args.flex_stage in ("teacher", "ramps", "gates"):
             return super().training_step(model, inputs, num_items_in_batch)
         self._maybe_graft()
         model.train()
@@ -200,7 +220,10 @@ class FlexTrainer(Trainer):
         return loss, parts
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The `ramps` stage's loss (ALGORITHMS.md §5); every other stage uses the model's own loss here."""
+        """The `ramps` (ALGORITHMS.md §5) and `gates` (§6) stages' losses; other stages use the model's own loss."""
+        if self.args.flex_stage == "gates" and model.training:  # evaluation reports the model's own loss
+            loss = self.gates_loss(model, inputs)
+            return (loss, None) if return_outputs else loss
         if self.args.flex_stage != "ramps":
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
@@ -216,6 +239,53 @@ class FlexTrainer(Trainer):
             flex.config.num_hidden_layers,
         )
         return (loss, outputs) if return_outputs else loss
+
+    # --- width gates -------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def gate_targets(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the frozen model at every gate width: each example's gate class (smallest correct width) and, for
+        every gate, the [CLS] state it reads at that width — (batch,) and (batch, gates, hidden)."""
+        flex = self.flex_model
+        widths, gate_layers = flex.config.gate_widths, flex.config.gate_layers
+        model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+        correct, states = [], []
+        for width in widths:
+            with flex.subnet(width=width):
+                output = model(**model_inputs, output_hidden_states=True)
+            correct.append(prediction_is_correct(output.logits, inputs["labels"], self.args.gate_regression_tolerance))
+            states.append(torch.stack([output.hidden_states[layer][:, 0] for layer in gate_layers], dim=1))
+        labels = gate_labels(torch.stack(correct), widths)
+        rows = torch.arange(len(labels), device=labels.device)
+        return labels, torch.stack(states)[labels, rows]  # every example's states at its own label's width
+
+    def gate_temperature(self) -> float:
+        """Gumbel-softmax temperature, annealed linearly from start to end over the stage's steps."""
+        progress = self.state.global_step / max(1, self.state.max_steps - 1)
+        start, end = self.args.gate_temperature_start, self.args.gate_temperature_end
+        return start + (end - start) * min(1.0, progress)
+
+    def gates_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        flex = self.flex_model
+        flex.eval()  # the model is frozen: no dropout, so the labels are what inference will see
+        if self._gate_class_weights is None:
+            self._gate_class_weights = self.gate_label_weights(model)
+        labels, states = self.gate_targets(model, inputs)
+        gates = [flex.width_gates[str(layer)] for layer in flex.config.gate_layers]
+        # A gate reads the [CLS] position of its input: feed each its states as length-1 sequences.
+        gate_logits = torch.stack([gate(states[:, [i]]) for i, gate in enumerate(gates)], dim=1)
+        return gate_loss(gate_logits, labels, self._gate_class_weights.to(labels.device), self.gate_temperature())
+
+    def gate_label_weights(self, model: nn.Module) -> torch.Tensor:
+        """Class weights from the gate labels of the whole training set (one pass at every width, every rank)."""
+        dataset = self._remove_unused_columns(self.train_dataset, description="gate labels")
+        loader = DataLoader(dataset, batch_size=self.args.per_device_train_batch_size, collate_fn=self.data_collator)
+        counts = torch.zeros(len(self.flex_model.config.gate_widths))
+        for batch in loader:
+            labels, _ = self.gate_targets(model, self._prepare_inputs(batch))
+            counts += torch.bincount(labels.cpu(), minlength=len(counts))
+        logger.info(f"Gate labels per width {self.flex_model.config.gate_widths}: {counts.tolist()}")
+        return gate_class_weights(counts)
 
     @torch.no_grad()
     def teacher_outputs(self, model_inputs: dict[str, torch.Tensor], width: float) -> Mapping:
@@ -272,6 +342,13 @@ class FlexTrainer(Trainer):
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         subnets = self.eval_subnets()
+        if self.args.flex_stage == "gates":  # what the gates are for: per-example widths at inference
+            config = self.flex_model.config
+            previous, config.dynamic_inference = config.dynamic_inference, True
+            try:
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            finally:
+                config.dynamic_inference = previous
         if isinstance(dataset, dict) or subnets == [(1.0, 1.0)]:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         dataloader = self.get_eval_dataloader(eval_dataset)
@@ -298,4 +375,4 @@ class FlexTrainer(Trainer):
         return metrics
 
 
-__all__ = ["FlexTrainer", "grafting_steps", "sandwich_subnets", "stage_subnets"]
+__all__ = ["FlexTrainer", "grafting_steps", "prepare_gate_training", "sandwich_subnets", "stage_subnets"]

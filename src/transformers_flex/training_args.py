@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-FLEX_STAGES = ("teacher", "width", "width_depth", "final", "ramps")
+FLEX_STAGES = ("teacher", "width", "width_depth", "final", "ramps", "gates")
 # How the off-ramps learn in the "ramps" stage (ALGORITHMS.md §5); "copy" needs no training (copy_head_to_off_ramps).
 RAMP_TRAINING = ("two_stage", "weighted", "self_distill", "shared_exit")
 # Ramp training modes that keep everything but the off-ramps frozen.
@@ -28,8 +28,9 @@ class FlexTrainingArguments(TrainingArguments):
         flex_stage (`str`, defaults to `"width"`):
             `teacher` (plain fine-tuning of the full model), `width` (DynaBERT_W: distil into every width at full
             depth), `width_depth` (distil into every (width, depth) pair), `final` (cross-entropy to gold labels
-            for every sub-network), `ramps` (train the off-ramps, see `ramp_training`), or `all` (the whole pipeline,
-            run by `examples/run_glue_flex.py`).
+            for every sub-network), `ramps` (train the off-ramps, see `ramp_training`), `gates` (train the width
+            gates with everything else frozen, ALGORITHMS.md §6), or `all` (the whole pipeline, run by
+            `examples/run_glue_flex.py`).
         ramp_training (`str`, defaults to `"two_stage"`):
             How the `ramps` stage trains off-ramps: `two_stage` (DeeBERT: only ramps learn, cross-entropy to gold),
             `weighted` (PABEE: everything learns, losses weighted by layer), `self_distill` (FastBERT: only ramps
@@ -59,6 +60,13 @@ class FlexTrainingArguments(TrainingArguments):
             Grafts per epoch, evenly spaced; never in the last epoch.
         importance_batch_size (`int`, defaults to 32):
             Batch size of the importance passes that precede each graft.
+        gate_temperature_start (`float`, defaults to 1.0):
+            Gumbel-softmax temperature of the gates stage at its first step; annealed linearly to
+            `gate_temperature_end` at its last.
+        gate_temperature_end (`float`, defaults to 0.5):
+            Gumbel-softmax temperature at the last step of the gates stage.
+        gate_regression_tolerance (`float`, defaults to 0.5):
+            Regression tasks: a width counts as correct for an example when its output is within this of the label.
         eval_all_subnets (`bool`, defaults to `True`):
             Evaluate every sub-network of the stage (`eval_w0.5_d1.0_accuracy`-style keys); otherwise only the full
             model.
@@ -100,6 +108,11 @@ class FlexTrainingArguments(TrainingArguments):
     ramp_training: str = field(
         default="two_stage", metadata={"help": "How the ramps stage trains off-ramps.", "choices": list(RAMP_TRAINING)}
     )
+    gate_temperature_start: float = field(default=1.0, metadata={"help": "Gumbel-softmax temperature at the start."})
+    gate_temperature_end: float = field(default=0.5, metadata={"help": "Gumbel-softmax temperature at the end."})
+    gate_regression_tolerance: float = field(
+        default=0.5, metadata={"help": "Regression: |output - label| counted as correct when labelling gates."}
+    )
     eval_all_subnets: bool = field(default=True, metadata={"help": "Evaluate every sub-network of the stage."})
 
     def __post_init__(self):
@@ -118,6 +131,11 @@ class FlexTrainingArguments(TrainingArguments):
             raise ValueError(f"`grafting_alpha` must be in [0, 1], got {self.grafting_alpha}.")
         if self.grafting and self.flex_stage not in ("width", PIPELINE_STAGE):
             raise ValueError("`grafting` applies to the width stage only (`flex_stage='width'` or 'all').")
+        if not 0 < self.gate_temperature_end <= self.gate_temperature_start:
+            raise ValueError(
+                "Gate temperatures must satisfy 0 < gate_temperature_end <= gate_temperature_start, got "
+                f"{self.gate_temperature_start} -> {self.gate_temperature_end}."
+            )
         if self.grafting_times_per_epoch < 1:
             raise ValueError(f"`grafting_times_per_epoch` must be >= 1, got {self.grafting_times_per_epoch}.")
         # Narrow or shallow sub-networks leave parameters unused in a step; DDP must look for them (rule 6).
