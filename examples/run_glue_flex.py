@@ -3,6 +3,14 @@
     python examples/run_glue_flex.py --task_name mrpc --output_dir runs/mrpc --flex_stage all \
         --num_train_epochs 3 --learning_rate 2e-5 --per_device_train_batch_size 32 --grafting
 
+Single stages train the model given by `--model_name_or_path`; the dynamic-inference stages add their modules to a
+trained checkpoint, e.g. off-ramps copied from the final head, then width gates:
+
+    python examples/run_glue_flex.py --task_name sst2 --flex_stage ramps --model_name_or_path runs/sst2/width \
+        --exit_layers 1 2 3 4 5 --ramp_training two_stage --output_dir runs/sst2/ramps
+    python examples/run_glue_flex.py --task_name sst2 --flex_stage gates --model_name_or_path runs/sst2/ramps \
+        --gate_block_size 2 --learning_rate 2e-4 --output_dir runs/sst2/gates
+
 `--flex_stage all` runs teacher (plain fine-tuning) -> importance on held-out training examples + rewiring ->
 width (distillation into every width, optional grafting) -> width_depth (every width and depth), writing
 `<output_dir>/<stage>/` (model, tokenizer, metrics) per stage and `<output_dir>/results.json`. A stage whose model
@@ -37,7 +45,9 @@ class ModelArguments:
     Args:
         model_name_or_path: BERT or FlexBert checkpoint (default: the packaged all-MiniLM-L6-v2).
         teacher_name_or_path: Teacher of a single width/width_depth stage (default: `model_name_or_path`).
-        depth_rule: `every_other` (DynaBERT) or `prefix` (Flexible BERT).
+        depth_rule: `every_other` (DynaBERT) or `prefix` (Flexible BERT); the checkpoint's own rule when unset.
+        exit_layers: Layers to put off-ramps after (new ramps start as copies of the final head).
+        gate_block_size: Width gates: one per block of this many layers (0: none).
     """
 
     model_name_or_path: str | None = field(
@@ -46,7 +56,9 @@ class ModelArguments:
     teacher_name_or_path: str | None = field(
         default=None, metadata={"help": "Teacher of a single distillation stage."}
     )
-    depth_rule: str = field(default="every_other", metadata={"help": "every_other or prefix."})
+    depth_rule: str | None = field(default=None, metadata={"help": "every_other or prefix (default: checkpoint's)."})
+    exit_layers: list[int] | None = field(default=None, metadata={"help": "Layers followed by an off-ramp."})
+    gate_block_size: int | None = field(default=None, metadata={"help": "Layers per width gate (0: no gates)."})
 
 
 @dataclass
@@ -164,9 +176,17 @@ def main() -> None:
     output_dir = Path(training_args.output_dir)
 
     def fresh_model():
-        return FlexBertForSequenceClassification.from_pretrained(
-            backbone, num_labels=num_labels, depth_rule=model_args.depth_rule
+        overrides = {
+            name: value
+            for name in ("depth_rule", "exit_layers", "gate_block_size")
+            if (value := getattr(model_args, name)) is not None
+        }
+        model, loading = FlexBertForSequenceClassification.from_pretrained(
+            backbone, num_labels=num_labels, output_loading_info=True, **overrides
         )
+        if any(key.startswith("off_ramps.") for key in loading["missing_keys"]):
+            model.copy_head_to_off_ramps()  # new ramps start as the final head (Flexible BERT's `copy`)
+        return model
 
     if training_args.flex_stage != PIPELINE_STAGE:
         model = fresh_model()

@@ -36,14 +36,15 @@ def example(batch, row):
 
 
 def gated_widths(model, inputs) -> list[float]:
-    """Reference: each gate reads the [CLS] state after the layers before it, run at the widths already chosen."""
+    """Reference: each gate reads the states after the layers before it, run at the widths already chosen."""
     config = model.config
     widths = [1.0] * config.num_hidden_layers
     with torch.no_grad():
         for gate_layer in config.gate_layers:
             with model.subnet(width=widths):
                 hidden = model(**inputs, output_hidden_states=True).hidden_states[gate_layer]
-            choice = int(model.width_gates[str(gate_layer)](hidden).argmax(dim=-1))
+            gate = model.width_gates[str(gate_layer)]
+            choice = int(gate(gate.pool(hidden, None)).argmax(dim=-1))
             block = range(gate_layer, min(gate_layer + config.gate_block_size, config.num_hidden_layers))
             for layer in block:
                 widths[layer] = config.gate_widths[choice]
@@ -202,7 +203,7 @@ def gate_cross_entropy(trainer, model, dataset) -> float:
     with torch.no_grad():
         labels, states = trainer.gate_targets(model, batch)
         losses = [
-            torch.nn.functional.cross_entropy(model.width_gates[str(layer)](states[:, [i]]), labels)
+            torch.nn.functional.cross_entropy(model.width_gates[str(layer)](states[:, i]), labels)
             for i, layer in enumerate(model.config.gate_layers)
         ]
     return float(sum(losses) / len(losses))

@@ -419,17 +419,31 @@ class FlexBertOffRamp(nn.Module):
 
 
 class FlexBertWidthGate(nn.Module):
-    """A width gate (Flexible BERT): dense H->H, ReLU, dense H->K on the [CLS] state; class k means width
-    `config.gate_widths[k]` for the next block of layers."""
+    """A width gate (Flexible BERT): dense H->H, ReLU, dense H->K; class k means width `config.gate_widths[k]` for
+    the next block of layers.
 
-    def __init__(self, config: FlexBertConfig):
+    Gates after a layer read its [CLS] state. The in-gate reads the embeddings' mean over real tokens instead (our
+    reading): the [CLS] embedding is the same for every input, so a gate on it could not tell inputs apart.
+    """
+
+    def __init__(self, config: FlexBertConfig, mean_pool: bool):
         super().__init__()
+        self.mean_pool = mean_pool
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.activation = nn.ReLU()
         self.classifier = nn.Linear(config.hidden_size, len(config.gate_widths))
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.activation(self.dense(hidden_states[:, 0])))
+    def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(batch, hidden) input of the gate: the [CLS] state, or the mean over real tokens for the in-gate."""
+        if not self.mean_pool:
+            return hidden_states[:, 0]
+        if attention_mask is None:
+            return hidden_states.mean(dim=1)
+        weights = attention_mask[:, :, None].to(hidden_states.dtype)
+        return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.activation(self.dense(pooled)))
 
 
 class FlexBertPreTrainedModel(PreTrainedModel):
@@ -593,7 +607,9 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         ramp_layers = [layer for layer in config.exit_layers if layer < config.num_hidden_layers]
         self.off_ramps = nn.ModuleDict({str(layer): FlexBertOffRamp(config) for layer in ramp_layers})
         # Width gates keyed by the number of layers run before them ("0": the in-gate on the embeddings).
-        self.width_gates = nn.ModuleDict({str(layer): FlexBertWidthGate(config) for layer in config.gate_layers})
+        self.width_gates = nn.ModuleDict(
+            {str(layer): FlexBertWidthGate(config, mean_pool=layer == 0) for layer in config.gate_layers}
+        )
         self.post_init()
 
     @torch.no_grad()
@@ -715,7 +731,8 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
             longest = last_real_column(mask)
             hidden, mask = hidden[:, :longest], mask[:, :longest]
             if str(index) in gates:
-                row_widths = gate_widths[gates[str(index)](hidden).argmax(dim=-1)]
+                gate = gates[str(index)]
+                row_widths = gate_widths[gate(gate.pool(hidden, mask)).argmax(dim=-1)]
                 flops[rows] += gate_flops
             widths = row_widths
             if widths is None:

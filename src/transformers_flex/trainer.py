@@ -245,16 +245,18 @@ class FlexTrainer(Trainer):
     @torch.no_grad()
     def gate_targets(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the frozen model at every gate width: each example's gate class (smallest correct width) and, for
-        every gate, the [CLS] state it reads at that width — (batch,) and (batch, gates, hidden)."""
+        every gate, its pooled input at that width — (batch,) and (batch, gates, hidden)."""
         flex = self.flex_model
         widths, gate_layers = flex.config.gate_widths, flex.config.gate_layers
         model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+        mask = model_inputs.get("attention_mask")
         correct, states = [], []
         for width in widths:
             with flex.subnet(width=width):
                 output = model(**model_inputs, output_hidden_states=True)
             correct.append(prediction_is_correct(output.logits, inputs["labels"], self.args.gate_regression_tolerance))
-            states.append(torch.stack([output.hidden_states[layer][:, 0] for layer in gate_layers], dim=1))
+            pooled = [flex.width_gates[str(layer)].pool(output.hidden_states[layer], mask) for layer in gate_layers]
+            states.append(torch.stack(pooled, dim=1))
         labels = gate_labels(torch.stack(correct), widths)
         rows = torch.arange(len(labels), device=labels.device)
         return labels, torch.stack(states)[labels, rows]  # every example's states at its own label's width
@@ -272,8 +274,7 @@ class FlexTrainer(Trainer):
             self._gate_class_weights = self.gate_label_weights(model)
         labels, states = self.gate_targets(model, inputs)
         gates = [flex.width_gates[str(layer)] for layer in flex.config.gate_layers]
-        # A gate reads the [CLS] position of its input: feed each its states as length-1 sequences.
-        gate_logits = torch.stack([gate(states[:, [i]]) for i, gate in enumerate(gates)], dim=1)
+        gate_logits = torch.stack([gate(states[:, i]) for i, gate in enumerate(gates)], dim=1)
         return gate_loss(gate_logits, labels, self._gate_class_weights.to(labels.device), self.gate_temperature())
 
     def gate_label_weights(self, model: nn.Module) -> torch.Tensor:
