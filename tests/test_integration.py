@@ -115,7 +115,13 @@ REMOTE_LOADER = textwrap.dedent(
     with torch.no_grad():
         output = model(**{key: torch.tensor(value) for key, value in inputs.items()})
     first = output[0] if auto_class != "AutoModelForQuestionAnswering" else output.start_logits
-    print(json.dumps({"class": type(model).__name__, "module": type(model).__module__, "output": first.tolist()}))
+    exits = output.get("exit_layers")
+    print(json.dumps({
+        "class": type(model).__name__,
+        "module": type(model).__module__,
+        "output": first.tolist(),
+        "exit_layers": None if exits is None else exits.tolist(),
+    }))
     """
 )
 
@@ -156,6 +162,22 @@ def test_checkpoint_loads_with_remote_code_without_the_package(backbone_path, to
         output = model(**batch)
     expected = output.start_logits if auto_class == "AutoModelForQuestionAnswering" else output[0]
     assert (torch.tensor(loaded["output"]) - expected).abs().max() <= 1e-5
+
+
+def test_dynamic_checkpoint_runs_its_engine_with_remote_code(backbone_path, tokenizer, tmp_path):
+    """Ramps, gates and `dynamic_inference` travel in the checkpoint: the portable file alone runs the engine."""
+    torch.manual_seed(0)
+    model = FlexBertForSequenceClassification.from_pretrained(
+        backbone_path, num_labels=2, exit_layers=[2, 4], gate_block_size=3, dynamic_inference=True
+    ).eval()
+    model.copy_head_to_off_ramps()
+    model.config.exit_threshold = 0.6931  # just below ln 2: only rows whose ramp leans either way leave
+    model.save_pretrained(tmp_path / "checkpoint")
+    batch = tokenizer(SENTENCES + PAIRS[1], padding=True, return_tensors="pt")
+    loaded = load_in_clean_process(tmp_path / "checkpoint", "AutoModelForSequenceClassification", batch, tmp_path)
+    output = model(**batch)
+    assert loaded["exit_layers"] == output.exit_layers.tolist()
+    assert (torch.tensor(loaded["output"]) - output.logits).abs().max() <= 1e-5
 
 
 def test_every_auto_class_loads_one_checkpoint(bert_checkpoint, tokenizer, tmp_path):

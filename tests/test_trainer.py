@@ -366,3 +366,25 @@ def test_ramps_stage_needs_ramps(tiny_config, tmp_path):
     student, _ = make_models(tiny_config)
     with pytest.raises(ValueError, match="exit_layers"):
         FlexTrainer(model=student, args=make_args(tmp_path, flex_stage="ramps"), data_collator=pad_collate)
+
+
+def test_ramps_can_learn_at_every_width(tiny_config, tmp_path):
+    """`ramp_widths='all'`: the ramps stage's loss is the mean of the ramp losses at each width of the config."""
+    from transformers_flex.losses import ramp_training_loss
+
+    tiny_config.exit_layers, tiny_config.hidden_dropout_prob, tiny_config.attention_probs_dropout_prob = [1, 2], 0, 0
+    student, _ = make_models(tiny_config)
+    batch = pad_collate([random_classification_dataset(8)[i] for i in range(8)])
+    args = make_args(tmp_path, flex_stage="ramps", ramp_training="two_stage", ramp_widths="all")
+    trainer = FlexTrainer(model=student, args=args, data_collator=pad_collate)
+    loss = trainer.compute_loss(student.train(), batch)
+    expected = []
+    for width in tiny_config.width_mults:
+        with torch.no_grad(), student.subnet(width=width):
+            output = student(batch["input_ids"], batch["attention_mask"], output_hidden_states=True)
+            ramps = student.ramp_logits(output.hidden_states)
+        expected.append(
+            ramp_training_loss("two_stage", ramps, output.logits, batch["labels"], student.classification_loss, 4)
+        )
+    assert len(set(round(float(value), 6) for value in expected)) == len(expected)  # the widths really differ
+    torch.testing.assert_close(loss.detach(), sum(expected) / len(expected))

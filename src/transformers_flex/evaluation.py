@@ -64,6 +64,25 @@ def evaluate_subnets(
     return rows
 
 
+@torch.no_grad()
+def dynamic_predict(model, batches: Iterable[Batch], **engine) -> dict[str, torch.Tensor]:
+    """Logits, labels, exit layers, layer widths and FLOPs of every example under `model.dynamic_forward(**engine)`
+    (engine settings: `criterion`, `threshold`, `use_gates`)."""
+    parts: dict[str, list[torch.Tensor]] = {
+        "logits": [],
+        "labels": [],
+        "exit_layers": [],
+        "layer_widths": [],
+        "flops": [],
+    }
+    for batch in batches:
+        inputs = {key: value.to(model.device) for key, value in batch.items() if key != "labels"}
+        output = model.dynamic_forward(**inputs, **engine)
+        for key in parts:
+            parts[key].append(batch["labels"] if key == "labels" else output[key].cpu())
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
 def interleaved_medians(
     runners: Mapping[Hashable, Callable[[], object]], rounds: int, warmup: int = 1, show_progress: bool = False
 ) -> dict:
@@ -99,4 +118,4 @@ def subnet_latencies(
         model.set_subnet(**previous)
 
 
-__all__ = ["evaluate_subnets", "interleaved_medians", "predict", "subnet_grid", "subnet_latencies"]
+__all__ = ["dynamic_predict", "evaluate_subnets", "interleaved_medians", "predict", "subnet_grid", "subnet_latencies"]

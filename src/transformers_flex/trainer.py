@@ -227,17 +227,25 @@ class FlexTrainer(Trainer):
         if self.args.flex_stage != "ramps":
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
-        outputs = model(**{key: value for key, value in inputs.items() if key != "labels"}, output_hidden_states=True)
+        model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
         flex = self.flex_model
-        ramps = flex.ramp_logits(outputs.hidden_states)
-        loss = ramp_training_loss(
-            self.args.ramp_training,
-            ramps,
-            outputs.logits,
-            labels,
-            flex.classification_loss,
-            flex.config.num_hidden_layers,
-        )
+        widths = [1.0] if self.args.ramp_widths == "full" or not model.training else flex.config.width_mults
+        losses = []
+        for width in widths:
+            with flex.subnet(width=width):
+                outputs = model(**model_inputs, output_hidden_states=True)
+            ramps = flex.ramp_logits(outputs.hidden_states)
+            losses.append(
+                ramp_training_loss(
+                    self.args.ramp_training,
+                    ramps,
+                    outputs.logits,
+                    labels,
+                    flex.classification_loss,
+                    flex.config.num_hidden_layers,
+                )
+            )
+        loss = sum(losses) / len(losses)
         return (loss, outputs) if return_outputs else loss
 
     # --- width gates -------------------------------------------------------------------------------------------

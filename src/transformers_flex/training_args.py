@@ -7,6 +7,7 @@ from transformers import TrainingArguments
 FLEX_STAGES = ("teacher", "width", "width_depth", "final", "ramps", "gates")
 # How the off-ramps learn in the "ramps" stage (ALGORITHMS.md §5); "copy" needs no training (copy_head_to_off_ramps).
 RAMP_TRAINING = ("two_stage", "weighted", "self_distill", "shared_exit")
+RAMP_WIDTHS = ("full", "all")
 # Ramp training modes that keep everything but the off-ramps frozen.
 FROZEN_BACKBONE_RAMP_TRAINING = ("two_stage", "self_distill")
 # "all" runs teacher -> rewire -> width (+ grafting) -> width_depth; it is handled by examples/run_glue_flex.py.
@@ -36,6 +37,9 @@ class FlexTrainingArguments(TrainingArguments):
             `weighted` (PABEE: everything learns, losses weighted by layer), `self_distill` (FastBERT: only ramps
             learn, KL to the final classifier, no labels needed), `shared_exit` (GEEP: everything learns,
             cross-entropy of the final classifier + KL of every ramp to it).
+        ramp_widths (`str`, defaults to `"full"`):
+            Widths the `ramps` stage trains the off-ramps at: `full` only, or `all` of `config.width_mults` (losses
+            averaged), so ramps also answer well on the narrower hidden states width gates produce.
         subnet_sampling (`str`, defaults to `"all"`):
             `all` runs every sub-network of the stage each step; `sandwich` runs the largest, the smallest and
             `num_random_subnets` others drawn at random.
@@ -113,6 +117,9 @@ class FlexTrainingArguments(TrainingArguments):
     gate_regression_tolerance: float = field(
         default=0.5, metadata={"help": "Regression: |output - label| counted as correct when labelling gates."}
     )
+    ramp_widths: str = field(
+        default="full", metadata={"help": "Train ramps at full width or at every width.", "choices": list(RAMP_WIDTHS)}
+    )
     eval_all_subnets: bool = field(default=True, metadata={"help": "Evaluate every sub-network of the stage."})
 
     def __post_init__(self):
@@ -122,6 +129,7 @@ class FlexTrainingArguments(TrainingArguments):
             ("teacher_width", TEACHER_WIDTHS),
             ("grafting_alpha_mode", GRAFTING_ALPHA_MODES),
             ("ramp_training", RAMP_TRAINING),
+            ("ramp_widths", RAMP_WIDTHS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")

@@ -1,0 +1,167 @@
+"""Measured throughput of batched dynamic inference vs the full static model (issue #4, ALGORITHMS.md §9).
+
+On a GLUE dev set cut into length-bucketed batches (sorted by length, `--batch-size` rows), every variant below runs
+the whole dev set once per round; rounds interleave the variants so machine noise hits them alike, and the report
+gives medians:
+  static     the full model, plain forward (the baseline)
+  engine     `dynamic_forward`: rows that exit leave the batch, padding trimmed after each layer
+  all_exit   the batch stops at the first ramp where *every* row may exit (DeeBERT/PABEE batched behaviour); rows
+             answer from their own first confident ramp, so predictions equal the engine's and only speed differs
+  batch1     the engine, one example at a time (how the papers evaluate)
+For each exit threshold the FLOPs-ideal speed-up (full-model FLOPs / FLOPs spent) is reported next to the measured
+one. Writes JSON.
+
+    python benchmarks/dynamic_throughput.py --task sst2 --model runs/dynamic/sst2/ramps --thresholds 0.2 0.4 \
+        --output benchmarks/results/dynamic_throughput_sst2_cpu.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from transformers_flex import FlexBertForSequenceClassification, subnet_flops  # noqa: E402
+from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
+from transformers_flex.evaluation import interleaved_medians  # noqa: E402
+from transformers_flex.modeling_flexbert import additive_attention_mask, prediction_entropy  # noqa: E402
+
+
+def length_bucketed_batches(dataset, collate, batch_size: int) -> list[dict]:
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
+    return [
+        collate([dataset[i] for i in order[start : start + batch_size]]) for start in range(0, len(order), batch_size)
+    ]
+
+
+@torch.no_grad()
+def exit_when_all_rows_may(model, batch: dict, threshold: float) -> torch.Tensor:
+    """The naive batched early exit: the whole batch runs until a ramp where every row's entropy is below the
+    threshold (or the last layer). Returns each row's logits from its own first confident classifier."""
+    encoder = model.bert.encoder
+    hidden = model.bert.embeddings(batch["input_ids"], batch.get("token_type_ids"), None, None)
+    mask = additive_attention_mask(batch["attention_mask"], hidden.dtype)
+    answer = torch.zeros(len(hidden), model.config.num_labels)
+    answered = torch.zeros(len(hidden), dtype=torch.bool)
+    for index in encoder.active_layers:
+        hidden, _ = encoder.layer[index](hidden, mask)
+        if index == encoder.active_layers[-1]:
+            logits = model.classifier(model.bert.pooler(hidden))
+            answer[~answered] = logits[~answered]
+            return answer
+        if str(index + 1) in model.off_ramps:
+            logits = model.off_ramps[str(index + 1)](hidden)
+            confident = prediction_entropy(logits) < threshold
+            answer[confident & ~answered] = logits[confident & ~answered]
+            answered |= confident
+            if answered.all():
+                return answer
+    return answer
+
+
+@torch.no_grad()
+def run_static(model, batches):
+    return [model(**batch).logits for batch in batches]
+
+
+@torch.no_grad()
+def run_engine(model, batches, threshold):
+    return [
+        model.dynamic_forward(**batch, criterion="entropy", threshold=threshold, use_gates=False) for batch in batches
+    ]
+
+
+@torch.no_grad()
+def run_batch1(model, singles, threshold):
+    return [
+        model.dynamic_forward(**single, criterion="entropy", threshold=threshold, use_gates=False)
+        for single in singles
+    ]
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu
+    return {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--model", required=True, help="A model with off-ramps.")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.2, 0.4])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch1-threshold-index", type=int, default=0, help="Which threshold batch size 1 runs.")
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args()
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    collate = DataCollatorWithPadding(tokenizer)
+    dev = tokenize_glue(load_glue(args.task, args.data_dir)[GLUE_DEV_SPLIT[args.task]], tokenizer, args.task)
+    dev = dev.remove_columns("labels")
+    batches = length_bucketed_batches(dev, collate, args.batch_size)
+    singles = [collate([dev[i]]) for i in range(len(dev))]
+    model = FlexBertForSequenceClassification.from_pretrained(args.model).eval()
+    lengths = torch.cat([batch["attention_mask"].sum(dim=1) for batch in batches]).tolist()
+    full_flops = sum(subnet_flops(model.config, 1.0, 1.0, length) for length in lengths)
+
+    runners = {"static": lambda: run_static(model, batches)}
+    flops_ratio, exits = {}, {}
+    for threshold in args.thresholds:
+        outputs = run_engine(model, batches, threshold)
+        flops_ratio[threshold] = full_flops / float(sum(out.flops.sum() for out in outputs))
+        exits[threshold] = torch.cat([out.exit_layers for out in outputs]).float().mean().item()
+        runners[("engine", threshold)] = lambda t=threshold: run_engine(model, batches, t)
+        runners[("all_exit", threshold)] = lambda t=threshold: [exit_when_all_rows_may(model, b, t) for b in batches]
+    batch1_threshold = args.thresholds[args.batch1_threshold_index]
+    runners[("batch1", batch1_threshold)] = lambda: run_batch1(model, singles, batch1_threshold)
+    seconds = interleaved_medians(runners, rounds=args.rounds, show_progress=True)
+
+    static = seconds["static"]
+    rows = []
+    for threshold in args.thresholds:
+        row = {
+            "threshold": threshold,
+            "mean_exit_layer": exits[threshold],
+            "flops_ideal_speedup": flops_ratio[threshold],
+            "engine_speedup": static / seconds[("engine", threshold)],
+            "all_exit_speedup": static / seconds[("all_exit", threshold)],
+        }
+        row["engine_fraction_of_ideal"] = row["engine_speedup"] / row["flops_ideal_speedup"]
+        if threshold == batch1_threshold:
+            row["batch1_speedup"] = static / seconds[("batch1", threshold)]
+        rows.append(row)
+    report = {
+        "command": "python benchmarks/dynamic_throughput.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "task": args.task,
+        "dev_examples": len(dev),
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "static_examples_per_second": len(dev) / static,
+        "median_seconds": {str(key): value for key, value in seconds.items()},
+        "rows": rows,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Metric vs FLOPs of every way to run a dynamic model on a GLUE dev set (ALGORITHMS.md §5-8, issue #4 sweeps).
+
+Curves, each point measured on the whole dev set with the batched engine (per-example FLOPs at real lengths,
+relative to the full static model):
+  static        every (width, depth) sub-network
+  entropy       off-ramps only, entropy thresholds (DeeBERT's criterion; FastBERT's normalised entropy gives the
+                same exits at thresholds scaled by 1/ln C, so it is the same curve)
+  patience      off-ramps only, PABEE's patience 1..4
+  gates         width gates only, with the gate classes remapped to other width lists (no retraining)
+  gates+entropy gates and ramps together (the Flexible BERT framework)
+  geep          exit layers predicted from tokens (table fit on training examples), one full batch per layer
+plus the fine-tuned teacher (Stage 0). Writes JSON and a plot.
+
+    python benchmarks/dynamic_tradeoffs.py --task sst2 --model runs/dynamic/sst2/gates \
+        --teacher runs/dynamic/sst2/teacher --output benchmarks/results/dynamic_tradeoffs_sst2.json
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from transformers_flex import FlexBertForSequenceClassification, subnet_flops  # noqa: E402
+from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
+from transformers_flex.evaluation import dynamic_predict, subnet_grid  # noqa: E402
+from transformers_flex.inference import ExitLayerPredictor, bucketed_forward  # noqa: E402
+from transformers_flex.metrics import glue_metrics, main_metric  # noqa: E402
+
+# Gate classes are trained as widths [1.0, 0.75, 0.5, 0.25]; remapping them moves the trade-off (§6).
+GATE_REMAPS = {
+    "cautious": [1.0, 1.0, 0.75, 0.5],
+    "mild": [1.0, 0.75, 0.75, 0.5],
+    "trained": None,
+    "eager": [0.75, 0.5, 0.5, 0.25],
+}
+ENTROPY_FRACTIONS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]  # of ln C (the largest possible entropy)
+GATED_FRACTIONS = [0.1, 0.3, 0.5, 0.7]
+GEEP_FRACTIONS = [0.1, 0.3, 0.5, 0.7]
+
+
+def length_bucketed_batches(dataset, collate, batch_size: int) -> list[dict]:
+    """Examples sorted by length, cut into batches (padding then stays small); labels kept."""
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
+    return [
+        collate([dataset[i] for i in order[start : start + batch_size]]) for start in range(0, len(order), batch_size)
+    ]
+
+
+class Sweep:
+    """Collects (method, setting, metric, relative FLOPs) points for one model and dev set."""
+
+    def __init__(self, task: str, model, batches: list[dict]):
+        self.task, self.model, self.batches = task, model, batches
+        self.metric = main_metric(task)
+        lengths = torch.cat([batch["attention_mask"].sum(dim=1) for batch in batches]).tolist()
+        self.full_flops = sum(subnet_flops(model.config, 1.0, 1.0, length) for length in lengths)
+        self.points: list[dict] = []
+
+    def add(self, method: str, setting: dict, logits, labels, flops, exit_layers=None) -> None:
+        metrics = glue_metrics(self.task, logits.numpy(), labels.numpy())
+        point = {"method": method, **setting, **metrics, "metric": metrics[self.metric]}
+        point["relative_flops"] = float(flops.sum()) / self.full_flops
+        if exit_layers is not None:
+            point["mean_exit_layer"] = float(exit_layers.float().mean())
+        self.points.append(point)
+
+    def run(self, method: str, setting: dict, **engine) -> None:
+        out = dynamic_predict(self.model, self.batches, **engine)
+        self.add(method, setting, out["logits"], out["labels"], out["flops"], out["exit_layers"])
+
+
+def sweep_model(args, model, batches, train_batches) -> Sweep:
+    sweep = Sweep(args.task, model, batches)
+    regression = model.config.num_labels == 1
+    ln_classes = math.log(max(2, model.config.num_labels))
+    progress = tqdm(total=7, desc="curves")
+    for width, depth in subnet_grid(model.config):
+        with model.subnet(width=width, depth=depth):
+            sweep.run("static", {"width": width, "depth": depth}, criterion="patience", threshold=99, use_gates=False)
+    progress.update()
+    if not regression:
+        for fraction in ENTROPY_FRACTIONS:
+            sweep.run(
+                "entropy",
+                {"threshold": fraction * ln_classes},
+                criterion="entropy",
+                threshold=fraction * ln_classes,
+                use_gates=False,
+            )
+    progress.update()
+    for patience in (1, 2, 3, 4):
+        sweep.run("patience", {"threshold": patience}, criterion="patience", threshold=patience, use_gates=False)
+    progress.update()
+    if len(model.width_gates):
+        trained_widths = list(model.config.gate_widths)
+        for name, widths in GATE_REMAPS.items():
+            model.config.gate_widths = trained_widths if widths is None else widths
+            sweep.run(
+                "gates",
+                {"gate_map": name, "gate_widths": model.config.gate_widths},
+                criterion="patience",
+                threshold=99,
+            )
+            if not regression:
+                for fraction in GATED_FRACTIONS:
+                    setting = {
+                        "gate_map": name,
+                        "gate_widths": model.config.gate_widths,
+                        "threshold": fraction * ln_classes,
+                    }
+                    sweep.run("gates+entropy", setting, criterion="entropy", threshold=fraction * ln_classes)
+        model.config.gate_widths = trained_widths
+    progress.update(2)
+    if not regression:
+        for fraction in GEEP_FRACTIONS:
+            geep_point(sweep, model, train_batches, fraction * ln_classes)
+    progress.update(2)
+    progress.close()
+    return sweep
+
+
+def geep_point(sweep: Sweep, model, train_batches: list[dict], threshold: float) -> None:
+    """GEEP: exit layers of training examples under the entropy criterion -> token table -> predicted layer per dev
+    example -> one dense batch per predicted layer, only that layer's classifier run."""
+    answering = sorted({int(layer) for layer in model.off_ramps} | {model.config.num_hidden_layers})
+    predictor = ExitLayerPredictor(model.config.vocab_size, answering)
+    for batch in train_batches:
+        out = model.dynamic_forward(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("token_type_ids"),
+            criterion="entropy",
+            threshold=threshold,
+            use_gates=False,
+        )
+        predictor.fit(batch["input_ids"], batch["attention_mask"], out.exit_layers)
+    logits, labels, flops, exits = [], [], [], []
+    for batch in sweep.batches:
+        predicted = predictor.predict(batch["input_ids"], batch["attention_mask"])
+        out = bucketed_forward(
+            model, batch["input_ids"], predicted, batch["attention_mask"], batch.get("token_type_ids")
+        )
+        logits.append(out.logits)
+        labels.append(batch["labels"])
+        flops.append(out.flops)
+        exits.append(out.exit_layers)
+    sweep.add(
+        "geep", {"threshold": threshold}, torch.cat(logits), torch.cat(labels), torch.cat(flops), torch.cat(exits)
+    )
+
+
+def teacher_point(sweep: Sweep, teacher_path: str) -> dict:
+    teacher = FlexBertForSequenceClassification.from_pretrained(teacher_path).eval()
+    out = dynamic_predict(teacher, sweep.batches, criterion="patience", threshold=99, use_gates=False)
+    metrics = glue_metrics(sweep.task, out["logits"].numpy(), out["labels"].numpy())
+    return {
+        "method": "teacher",
+        **metrics,
+        "metric": metrics[sweep.metric],
+        "relative_flops": float(out["flops"].sum()) / sweep.full_flops,
+    }
+
+
+def best_points(points: list[dict], teacher: dict, flops_budget: float) -> dict:
+    """The best dynamic point within the FLOPs budget, and the cheapest point at least as good as the teacher."""
+    dynamic = [point for point in points if point["method"] not in ("static", "teacher")]
+    within = [point for point in dynamic if point["relative_flops"] <= flops_budget]
+    matching = [point for point in dynamic if point["metric"] >= teacher["metric"]]
+    return {
+        f"best_within_{flops_budget}_flops": max(within, key=lambda p: p["metric"]) if within else None,
+        "cheapest_matching_teacher": min(matching, key=lambda p: p["relative_flops"]) if matching else None,
+    }
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    styles = {"static": "s", "entropy": "o-", "patience": "^-", "gates": "D", "gates+entropy": ".", "geep": "v-"}
+    for method, style in styles.items():
+        points = sorted((p for p in report["points"] if p["method"] == method), key=lambda p: p["relative_flops"])
+        if points:
+            axis.plot(
+                [p["relative_flops"] for p in points],
+                [100 * p["metric"] for p in points],
+                style,
+                label=method,
+                alpha=0.8,
+            )
+    teacher = report["teacher"]
+    axis.axhline(100 * teacher["metric"], color="gray", linestyle="--", linewidth=1)
+    axis.plot([teacher["relative_flops"]], [100 * teacher["metric"]], "k*", markersize=12, label="teacher")
+    axis.set_xlabel("FLOPs relative to the full model (real lengths)")
+    axis.set_ylabel(f"dev {report['metric']} (%)")
+    axis.set_title(f"{report['task']}: dynamic inference trade-offs")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--model", required=True, help="Dynamic model (off-ramps, optionally gates).")
+    parser.add_argument("--teacher", required=True, help="The fine-tuned teacher (Stage 0).")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--geep-train-examples", type=int, default=2000, help="Training examples for GEEP's table.")
+    parser.add_argument("--flops-budget", type=float, default=0.6)
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args()
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    collate = DataCollatorWithPadding(tokenizer)
+    raw = load_glue(args.task, args.data_dir)
+    dev = tokenize_glue(raw[GLUE_DEV_SPLIT[args.task]], tokenizer, args.task)
+    train = raw["train"].shuffle(seed=0).select(range(min(args.geep_train_examples, len(raw["train"]))))
+    train = tokenize_glue(train, tokenizer, args.task)
+    batches = length_bucketed_batches(dev, collate, args.batch_size)
+    train_batches = length_bucketed_batches(train, collate, args.batch_size)
+    model = FlexBertForSequenceClassification.from_pretrained(args.model).eval()
+    torch.manual_seed(0)
+    sweep = sweep_model(args, model, batches, train_batches)
+    teacher = teacher_point(sweep, args.teacher)
+    report = {
+        "command": "python benchmarks/dynamic_tradeoffs.py " + " ".join(sys.argv[1:]),
+        "task": args.task,
+        "metric": sweep.metric,
+        "dev_examples": len(dev),
+        "teacher": teacher,
+        **best_points(sweep.points, teacher, args.flops_budget),
+        "points": sweep.points,
+    }
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2))
+    plot(report, output.with_suffix(".png"))
+    print(json.dumps({key: report[key] for key in report if key not in ("points",)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
