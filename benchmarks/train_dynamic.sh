@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Train a width- and depth-dynamic model for one GLUE task (ALGORITHMS.md §5-7): teacher -> rewire -> width
 # (distillation into every width), then off-ramps after layers 1-5 (DeeBERT two-stage: only the ramps learn, at
-# every width), then
-# width gates (one per 2 layers, everything else frozen). Resumable: finished stages are skipped.
+# every width), then width gates (one per 2 layers, everything else frozen). Resumable: finished stages are skipped.
 #
 #   bash benchmarks/train_dynamic.sh sst2 runs/dynamic/sst2 --max_train_samples 8000
 #
