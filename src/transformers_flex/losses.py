@@ -135,8 +135,9 @@ def gate_loss(
 ) -> torch.Tensor:
     """NLL of a Gumbel-softmax sample of every gate against the example's width class (our reading of §6).
 
-    `gate_logits` is (batch, gates, classes); every gate of an example shares its label. The loss is the
-    class-weighted per-example mean, so gradient accumulation over equal micro-batches gives the same update.
+    `gate_logits` is (batch, gates, classes); every gate of an example shares its label. The sample is the soft
+    one: a hard straight-through one-hot is 0 at every wrong class, where its log (the NLL) is undefined. The loss
+    is the class-weighted per-example mean, so gradient accumulation over equal micro-batches gives the same update.
     """
     sample = F.gumbel_softmax(gate_logits.float(), tau=temperature, hard=False, dim=-1)
     log_sample = sample.clamp(min=1e-9).log()
