@@ -9,14 +9,18 @@ from transformers_flex.modeling_flexbert import cls_head_macs, layer_macs, predi
 
 @pytest.fixture
 def gated_model(tiny_config):
-    """Gates before layers 1 and 3 (block size 2), off-ramps after layers 1-3; weights scaled so that gate choices
-    and ramp entropies spread out over a batch of random inputs."""
+    """Gates before layers 1 and 3 (block size 2), off-ramps after layers 1-3; weights scaled, and gates centred on
+    random inputs, so that gate choices and ramp entropies spread out over a batch."""
     tiny_config.exit_layers, tiny_config.gate_block_size = [1, 2, 3], 2
     torch.manual_seed(0)
     model = FlexBertForSequenceClassification(tiny_config).eval()
+    sample = torch.randint(1, 99, (32, 8), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
+        hidden_states = model(sample, output_hidden_states=True).hidden_states
         for module in [*model.off_ramps.values(), *model.width_gates.values()]:
             module.classifier.weight.mul_(100)
+        for layer, gate in model.width_gates.items():
+            gate.classifier.bias.sub_(gate(gate.pool(hidden_states[int(layer)], None)).mean(dim=0))
     return model
 
 

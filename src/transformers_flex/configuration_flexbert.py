@@ -67,6 +67,10 @@ class FlexBertConfig(PreTrainedConfig):
         gate_block_size (`int`, defaults to 0):
             Width gates: 0 for none; `k` puts an in-gate before layer 1 and a gate after every `k`-th layer, each
             picking the width of the next `k` layers from the [CLS] state.
+        knowledgeable_layers (`list[int]`, *optional*):
+            GEEP's knowledgeable classifier: the final classifier reads a learned softmax-weighted mix of these
+            1-based layers' [CLS] states instead of the last layer's alone (layers a shallower sub-network skips
+            drop out of the mix).
         dynamic_inference (`bool`, defaults to `False`):
             In eval mode, `FlexBertForSequenceClassification` runs per example: gates pick widths, off-ramps stop
             early, rows that exit leave the batch. Outputs report each example's exit layer, widths and FLOPs.
@@ -105,6 +109,7 @@ class FlexBertConfig(PreTrainedConfig):
     exit_regression_tolerance: float | int = 0.01
     gate_widths: list[float | int] | None = None
     gate_block_size: int = 0
+    knowledgeable_layers: list[int] | None = None
     dynamic_inference: bool = False
     layer_num_heads: list[int] | None = None
     layer_intermediate_sizes: list[int] | None = None
@@ -170,6 +175,19 @@ class FlexBertConfig(PreTrainedConfig):
             raise ValueError(
                 f"`exit_layers` must be a list of 1-based layer indices in [1, {self.num_hidden_layers}], "
                 f"got {self.exit_layers!r}."
+            )
+        if self.knowledgeable_layers is not None and (
+            not isinstance(self.knowledgeable_layers, (list, tuple))
+            or len(self.knowledgeable_layers) == 0
+            or any(
+                isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= self.num_hidden_layers
+                for layer in self.knowledgeable_layers
+            )
+            or list(self.knowledgeable_layers) != sorted(set(self.knowledgeable_layers))
+        ):
+            raise ValueError(
+                "`knowledgeable_layers` must be None or an increasing, non-empty list of 1-based layer indices in "
+                f"[1, {self.num_hidden_layers}], got {self.knowledgeable_layers!r}."
             )
         _check_per_layer_sizes(
             "layer_num_heads", self.layer_num_heads, self.num_hidden_layers, self.num_attention_heads

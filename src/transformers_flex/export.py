@@ -24,7 +24,11 @@ FLEX_ONLY_FIELDS = (
     "exit_layers",
     "exit_criterion",
     "exit_threshold",
+    "exit_regression_tolerance",
     "gate_widths",
+    "gate_block_size",
+    "knowledgeable_layers",
+    "dynamic_inference",
     "layer_num_heads",
     "layer_intermediate_sizes",
     "auto_map",
@@ -43,6 +47,11 @@ def to_bert(model: FlexBertPreTrainedModel, width: Width = 1.0, depth: float = 1
     class_name = type(model).__name__
     if class_name not in BERT_CLASSES:
         raise ValueError(f"No BERT equivalent of {class_name}; expected one of {sorted(BERT_CLASSES)}.")
+    if getattr(model.config, "knowledgeable_layers", None):
+        raise ValueError(
+            "A knowledgeable classifier (`knowledgeable_layers`) mixes several layers' states, which BERT cannot "
+            "express: save `model.export_subnet(...)` as a FlexBert checkpoint instead."
+        )
     compact = model.export_subnet(width=width, depth=depth)
     config = compact.config
     if set(config.layer_num_heads) != {config.num_attention_heads} or set(config.layer_intermediate_sizes) != {

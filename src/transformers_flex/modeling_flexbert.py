@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
@@ -418,6 +419,25 @@ class FlexBertOffRamp(nn.Module):
         return self.classifier(self.dropout(self.pooler(hidden_states)))
 
 
+class FlexBertLayerMix(nn.Module):
+    """GEEP's knowledgeable classifier input: a learned softmax-weighted mix of several layers' [CLS] states."""
+
+    def __init__(self, config: FlexBertConfig):
+        super().__init__()
+        self.layers = list(config.knowledgeable_layers)
+        self.weights = nn.Parameter(torch.zeros(len(self.layers)))  # zeros: a uniform mix to start
+
+    def forward(self, cls_states: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Mix `{1-based layer: (batch, hidden)}`; layers that did not run (a shallower sub-network) drop out."""
+        present = [position for position, layer in enumerate(self.layers) if layer in cls_states]
+        if not present:
+            raise ValueError(
+                f"None of the knowledgeable layers {self.layers} ran in this sub-network; pick a deeper one."
+            )
+        weights = self.weights[present].softmax(dim=0)
+        return sum(weight * cls_states[self.layers[position]] for weight, position in zip(weights, present))
+
+
 class FlexBertWidthGate(nn.Module):
     """A width gate (Flexible BERT): dense H->H, ReLU, dense H->K; class k means width `config.gate_widths[k]` for
     the next block of layers.
@@ -456,6 +476,12 @@ class FlexBertPreTrainedModel(PreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"position_ids", r"token_type_ids", r"^cls\."]
     # forward has no **kwargs, so the Trainer must not hand it loss kwargs (DESIGN.md rule 5).
     accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, FlexBertLayerMix):
+            init.zeros_(module.weights)  # built on the meta device: initialise here, not in __init__ (rule 3)
 
     # --- sub-network selection -------------------------------------------------------------------------------
 
@@ -506,6 +532,9 @@ class FlexBertPreTrainedModel(PreTrainedModel):
         config.width_mults, config.depth_mults = [1.0], [1.0]
         config.gate_widths, config.gate_block_size = [1.0], 0  # gates pick supernet widths: not exported
         config.exit_layers = [kept.index(layer - 1) + 1 for layer in config.exit_layers if layer - 1 in kept]
+        mixed = [layer for layer in config.knowledgeable_layers or [] if layer - 1 in kept]
+        if config.knowledgeable_layers is not None:
+            config.knowledgeable_layers = [kept.index(layer - 1) + 1 for layer in mixed]
         compact = type(self)(config).to(device=self.device, dtype=self.dtype)
         source = self.state_dict()
         compact_state = {}
@@ -515,6 +544,10 @@ class FlexBertPreTrainedModel(PreTrainedModel):
             source_name = re.sub(
                 r"^off_ramps\.(\d+)\.", lambda m: f"off_ramps.{kept[int(m[1]) - 1] + 1}.", source_name
             )
+            if name == "layer_mix.weights":  # the mix keeps the weights of the layers the export keeps
+                positions = [self.config.knowledgeable_layers.index(layer) for layer in mixed]
+                compact_state[name] = source[name][positions].clone()
+                continue
             # Every sliced tensor keeps a prefix along each dimension (heads and neurons are prefixes).
             compact_state[name] = source[source_name][tuple(slice(0, size) for size in tensor.shape)].clone()
         compact.load_state_dict(compact_state)
@@ -606,6 +639,7 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         # One off-ramp after each exit layer but the last, whose answer is the final classifier's.
         ramp_layers = [layer for layer in config.exit_layers if layer < config.num_hidden_layers]
         self.off_ramps = nn.ModuleDict({str(layer): FlexBertOffRamp(config) for layer in ramp_layers})
+        self.layer_mix = FlexBertLayerMix(config) if config.knowledgeable_layers else None
         # Width gates keyed by the number of layers run before them ("0": the in-gate on the embeddings).
         self.width_gates = nn.ModuleDict(
             {str(layer): FlexBertWidthGate(config, mean_pool=layer == 0) for layer in config.gate_layers}
@@ -618,6 +652,13 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         for ramp in self.off_ramps.values():
             ramp.pooler.load_state_dict(self.bert.pooler.state_dict())
             ramp.classifier.load_state_dict(self.classifier.state_dict())
+
+    def final_logits(self, hidden: torch.Tensor, cls_states: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """The final classifier on the last layer's states, or on the mix of `cls_states` (`{1-based layer:
+        (batch, hidden)}`) for a knowledgeable classifier."""
+        if self.layer_mix is not None:
+            hidden = self.layer_mix(cls_states)[:, None]  # the pooler reads position 0
+        return self.classifier(self.dropout(self.bert.pooler(hidden)))
 
     def ramp_logits(self, hidden_states: tuple[torch.Tensor, ...]) -> dict[int, torch.Tensor]:
         """Logits of every off-ramp whose layer ran, keyed by its 1-based layer, from a forward's hidden states."""
@@ -725,6 +766,8 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         gate_flops = 2 * cls_head_macs(config.hidden_size, len(config.gate_widths))
         rows = torch.arange(batch_size, device=device)  # original index of every row still running
         row_widths = None  # each running row's width, once a gate has picked one
+        mixed_layers = [] if self.layer_mix is None else self.layer_mix.layers
+        cls_states = {}  # [CLS] states of the knowledgeable classifier's layers, for the running rows
         previous, streak = None, torch.zeros(batch_size, dtype=torch.long, device=device)
         for index in encoder.active_layers:
             # Trailing columns that are padding for every running row are dropped (length bucketing on the fly).
@@ -740,8 +783,10 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
             hidden, spent = self._run_layer_by_width(encoder.layer[index], hidden, mask, widths, lengths[rows])
             flops[rows] += spent
             layer_widths[rows, index] = widths.float()
+            if index + 1 in mixed_layers:
+                cls_states[index + 1] = hidden[:, 0]
             if index == encoder.active_layers[-1]:
-                logits[rows] = self.classifier(self.bert.pooler(hidden)).float()
+                logits[rows] = self.final_logits(hidden, cls_states).float()
                 exit_layers[rows] = index + 1
                 flops[rows] += head_flops
                 break
@@ -762,6 +807,7 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
             keep = ~done
             rows, hidden, mask = rows[keep], hidden[keep], mask[keep]
             row_widths = None if row_widths is None else row_widths[keep]
+            cls_states = {layer: states[keep] for layer, states in cls_states.items()}
             previous = None if previous is None else previous[keep]
             if rows.numel() == 0:
                 break
@@ -797,6 +843,9 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
                 input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, labels
             )
             return output if return_dict is not False else output.to_tuple()
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        knowledgeable = self.layer_mix is not None
         outputs = self.bert(
             input_ids,
             attention_mask=attention_mask,
@@ -805,13 +854,18 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
             inputs_embeds=inputs_embeds,
             head_mask=head_mask,
             output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
+            output_hidden_states=output_hidden_states or knowledgeable,  # the mix reads several layers
         )
-        logits = self.classifier(self.dropout(outputs.pooler_output))
+        if knowledgeable:
+            ran = self.bert.encoder.active_layers
+            cls_states = {index + 1: outputs.hidden_states[position + 1][:, 0] for position, index in enumerate(ran)}
+            logits = self.final_logits(outputs.last_hidden_state, cls_states)
+        else:
+            logits = self.classifier(self.dropout(outputs.pooler_output))
         output = SequenceClassifierOutput(
             loss=self.classification_loss(logits, labels) if labels is not None else None,
             logits=logits,
-            hidden_states=outputs.hidden_states,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
             attentions=outputs.attentions,
         )
         return output if return_dict is not False else output.to_tuple()
