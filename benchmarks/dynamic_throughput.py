@@ -60,7 +60,7 @@ def exit_when_all_rows_may(model, batch: dict, threshold: float) -> torch.Tensor
             answer[~answered] = logits[~answered]
             return answer
         if str(index + 1) in model.off_ramps:
-            logits = model.off_ramps[str(index + 1)](hidden)
+            logits = model.off_ramps[str(index + 1)](hidden, batch["attention_mask"])
             confident = prediction_entropy(logits) < threshold
             answer[confident & ~answered] = logits[confident & ~answered]
             answered |= confident

@@ -181,3 +181,63 @@ def test_only_trailing_padding_counts_as_cuttable():
 
     assert last_real_column(torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])) == 2
     assert last_real_column(torch.tensor([[0, 0, 1, 1], [0, 0, 0, 1]])) == 4
+
+
+@pytest.fixture
+def attention_ramp_model(tiny_config):
+    tiny_config.exit_layers, tiny_config.ramp_type = [1, 2, 3], "attention"
+    tiny_config.ramp_attention_size, tiny_config.ramp_attention_heads = 32, 2
+    torch.manual_seed(0)
+    model = FlexBertForSequenceClassification(tiny_config).eval()
+    with torch.no_grad():
+        for ramp in model.off_ramps.values():
+            ramp.classifier.weight.mul_(30)
+    return model
+
+
+def test_attention_ramp_reads_cls_of_a_full_self_attention_layer(attention_ramp_model, batch):
+    """Computing only the [CLS] query gives what a full self-attention layer gives at [CLS]."""
+    ramp = attention_ramp_model.off_ramps["1"]
+    hidden = torch.randn(8, 12, 64, generator=torch.Generator().manual_seed(4))
+    mask = batch["attention_mask"]
+    with torch.no_grad():
+        tokens = ramp.down(hidden)
+        heads = [slice(0, 16), slice(16, 32)]
+        query, key, value = ramp.query(tokens), ramp.key(tokens), ramp.value(tokens)
+        contexts = []
+        for head in heads:  # every position attends; padding keys are excluded
+            scores = query[..., head] @ key[..., head].transpose(1, 2) / 4.0
+            scores = scores.masked_fill(mask[:, None, :] == 0, float("-inf"))
+            contexts.append(scores.softmax(-1) @ value[..., head])
+        full_layer = ramp.output(torch.cat(contexts, dim=-1)) + tokens
+        expected = ramp.classifier(torch.tanh(ramp.pooler(full_layer[:, 0])))
+        torch.testing.assert_close(ramp(hidden, mask), expected, atol=1e-5, rtol=0)
+
+
+def test_attention_ramps_exit_batched_as_one_example_at_a_time(attention_ramp_model, batch, tiny_config):
+    with torch.no_grad():
+        hidden_states = attention_ramp_model(**batch, output_hidden_states=True).hidden_states
+        first = attention_ramp_model.ramp_logits(hidden_states, batch["attention_mask"])[1]
+    entropies = prediction_entropy(first).sort().values
+    threshold = float(entropies[3] + entropies[4]) / 2
+    batched = attention_ramp_model.dynamic_forward(**batch, threshold=threshold)
+    singles = [
+        attention_ramp_model.dynamic_forward(
+            **{key: value[i : i + 1, : int(batch["attention_mask"][i].sum())] for key, value in batch.items()},
+            threshold=threshold,
+        )
+        for i in range(8)
+    ]
+    assert len(set(batched.exit_layers.tolist())) >= 2
+    assert torch.equal(torch.cat([s.exit_layers for s in singles]), batched.exit_layers)
+    torch.testing.assert_close(torch.cat([s.logits for s in singles]), batched.logits, atol=1e-5, rtol=0)
+    ramp_macs = attention_ramp_model.off_ramps["1"].macs
+    head = 2 * (64 * 64 + 64 * tiny_config.num_labels)
+    for row in range(8):
+        length, exit_layer = int(batch["attention_mask"][row].sum()), int(batched.exit_layers[row])
+        expected = 2 * exit_layer * layer_macs(64, 16, 4, 128, length)
+        expected += 2 * min(exit_layer, 3) * int(ramp_macs(torch.tensor(length)))
+        expected += head if exit_layer == 4 else 0
+        assert batched.flops[row].item() == expected
+    with pytest.raises(ValueError, match="copy the final head"):
+        attention_ramp_model.copy_head_to_off_ramps()

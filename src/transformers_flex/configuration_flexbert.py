@@ -16,6 +16,7 @@ FLEXBERT_AUTO_MAP = {
 
 DEPTH_RULES = ("every_other", "prefix")
 EXIT_CRITERIA = ("entropy", "normalized_entropy", "patience")
+RAMP_TYPES = ("pooler", "attention")
 
 
 def _check_multipliers(name: str, values) -> None:
@@ -55,6 +56,13 @@ class FlexBertConfig(PreTrainedConfig):
             `"prefix"` (Flexible BERT: the first layers).
         exit_layers (`list[int]`, *optional*):
             1-based layer indices followed by an early-exit off-ramp.
+        ramp_type (`str`, defaults to `"pooler"`):
+            Off-ramp classifier: `"pooler"` (BERT's head: dense + tanh on [CLS], linear) or `"attention"` (FastBERT
+            style: project to `ramp_attention_size`, one self-attention layer read at [CLS], dense + tanh, linear).
+        ramp_attention_size (`int`, defaults to 128):
+            Width of the attention ramp.
+        ramp_attention_heads (`int`, defaults to 2):
+            Heads of the attention ramp's self-attention.
         exit_criterion (`str`, defaults to `"entropy"`):
             When an off-ramp answers: `"entropy"`, `"normalized_entropy"` (divided by ln C) or `"patience"`.
         exit_threshold (`float`, defaults to 0.0):
@@ -104,6 +112,9 @@ class FlexBertConfig(PreTrainedConfig):
     depth_mults: list[float | int] | None = None
     depth_rule: str = "every_other"
     exit_layers: list[int] | None = None
+    ramp_type: str = "pooler"
+    ramp_attention_size: int = 128
+    ramp_attention_heads: int = 2
     exit_criterion: str = "entropy"
     exit_threshold: float | int = 0.0
     exit_regression_tolerance: float | int = 0.01
@@ -151,6 +162,13 @@ class FlexBertConfig(PreTrainedConfig):
         _check_multipliers("gate_widths", self.gate_widths)
         if self.depth_rule not in DEPTH_RULES:
             raise ValueError(f"`depth_rule` must be one of {DEPTH_RULES}, got {self.depth_rule!r}.")
+        if self.ramp_type not in RAMP_TYPES:
+            raise ValueError(f"`ramp_type` must be one of {RAMP_TYPES}, got {self.ramp_type!r}.")
+        if self.ramp_attention_size % self.ramp_attention_heads != 0:
+            raise ValueError(
+                f"`ramp_attention_size` ({self.ramp_attention_size}) must be a multiple of `ramp_attention_heads` "
+                f"({self.ramp_attention_heads})."
+            )
         if self.exit_criterion not in EXIT_CRITERIA:
             raise ValueError(f"`exit_criterion` must be one of {EXIT_CRITERIA}, got {self.exit_criterion!r}.")
         if isinstance(self.exit_threshold, bool) or not self.exit_threshold >= 0:

@@ -99,9 +99,11 @@ def bucketed_forward(
             layer_widths[rows, index] = encoder.layer_widths[index]
         if layer == encoder.active_layers[-1] + 1:
             logits[rows] = model.final_logits(hidden, cls_states).float()
+            flops[rows] += head_flops
         else:
-            logits[rows] = model.off_ramps[str(layer)](hidden).float()
-        flops[rows] += head_flops
+            ramp = model.off_ramps[str(layer)]
+            logits[rows] = ramp(hidden, attention_mask[rows, :longest]).float()
+            flops[rows] += 2 * ramp.macs(lengths.double())
     return FlexBertDynamicOutput(
         logits=logits, exit_layers=predicted_layers.clone(), layer_widths=layer_widths, flops=flops
     )

@@ -415,8 +415,52 @@ class FlexBertOffRamp(nn.Module):
         self.dropout = nn.Dropout(classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.classifier(self.dropout(self.pooler(hidden_states)))
+
+    def macs(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Multiply-accumulates per example (independent of its length)."""
+        return torch.full_like(lengths, cls_head_macs(self.classifier.in_features, self.classifier.out_features))
+
+
+class FlexBertAttentionRamp(nn.Module):
+    """A FastBERT-style off-ramp: project every token to a small width, one self-attention layer, then dense + tanh
+    and a linear classifier on [CLS]. Only the [CLS] output is read, so only its query is computed — the answer is
+    the full self-attention layer's at [CLS]."""
+
+    def __init__(self, config: FlexBertConfig):
+        super().__init__()
+        size, self.num_heads = config.ramp_attention_size, config.ramp_attention_heads
+        self.down = nn.Linear(config.hidden_size, size)
+        self.query = nn.Linear(size, size)
+        self.key = nn.Linear(size, size)
+        self.value = nn.Linear(size, size)
+        self.output = nn.Linear(size, size)
+        self.pooler = nn.Linear(size, size)
+        classifier_dropout = (
+            config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        )
+        self.dropout = nn.Dropout(classifier_dropout)
+        self.classifier = nn.Linear(size, config.num_labels)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = self.down(hidden_states)
+        batch_size, seq_length, size = tokens.shape
+        head_size = size // self.num_heads
+        # (batch, heads, 1, head_size) query of [CLS]; (batch, heads, length, head_size) keys and values.
+        query = self.query(tokens[:, :1]).view(batch_size, 1, self.num_heads, head_size).transpose(1, 2)
+        key = self.key(tokens).view(batch_size, seq_length, self.num_heads, head_size).transpose(1, 2)
+        value = self.value(tokens).view(batch_size, seq_length, self.num_heads, head_size).transpose(1, 2)
+        mask = additive_attention_mask(attention_mask, tokens.dtype)
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+        cls = self.output(context.transpose(1, 2).reshape(batch_size, size)) + tokens[:, 0]  # residual
+        return self.classifier(self.dropout(torch.tanh(self.pooler(cls))))
+
+    def macs(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Multiply-accumulates per example of the given real lengths."""
+        hidden_size, size = self.down.in_features, self.down.out_features
+        per_token = hidden_size * size + 2 * size * size + 2 * size  # down, key, value, score and weighted sum
+        return lengths * per_token + 3 * size * size + size * self.classifier.out_features  # query, output, pooler
 
 
 class FlexBertLayerMix(nn.Module):
@@ -638,7 +682,8 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         # One off-ramp after each exit layer but the last, whose answer is the final classifier's.
         ramp_layers = [layer for layer in config.exit_layers if layer < config.num_hidden_layers]
-        self.off_ramps = nn.ModuleDict({str(layer): FlexBertOffRamp(config) for layer in ramp_layers})
+        ramp_class = FlexBertAttentionRamp if config.ramp_type == "attention" else FlexBertOffRamp
+        self.off_ramps = nn.ModuleDict({str(layer): ramp_class(config) for layer in ramp_layers})
         self.layer_mix = FlexBertLayerMix(config) if config.knowledgeable_layers else None
         # Width gates keyed by the number of layers run before them ("0": the in-gate on the embeddings).
         self.width_gates = nn.ModuleDict(
@@ -649,6 +694,10 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
     @torch.no_grad()
     def copy_head_to_off_ramps(self) -> None:
         """Initialise every off-ramp as a copy of the final pooler and classifier (Flexible BERT's `copy` mode)."""
+        if self.config.ramp_type != "pooler":
+            raise ValueError(
+                f"Only `ramp_type='pooler'` ramps can copy the final head, not {self.config.ramp_type!r}."
+            )
         for ramp in self.off_ramps.values():
             ramp.pooler.load_state_dict(self.bert.pooler.state_dict())
             ramp.classifier.load_state_dict(self.classifier.state_dict())
@@ -660,11 +709,13 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
             hidden = self.layer_mix(cls_states)[:, None]  # the pooler reads position 0
         return self.classifier(self.dropout(self.bert.pooler(hidden)))
 
-    def ramp_logits(self, hidden_states: tuple[torch.Tensor, ...]) -> dict[int, torch.Tensor]:
+    def ramp_logits(
+        self, hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor | None = None
+    ) -> dict[int, torch.Tensor]:
         """Logits of every off-ramp whose layer ran, keyed by its 1-based layer, from a forward's hidden states."""
         ran = self.bert.encoder.active_layers
         return {
-            int(layer): ramp(hidden_states[ran.index(int(layer) - 1) + 1])
+            int(layer): ramp(hidden_states[ran.index(int(layer) - 1) + 1], attention_mask)
             for layer, ramp in self.off_ramps.items()
             if int(layer) - 1 in ran
         }
@@ -792,8 +843,9 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
                 break
             if str(index + 1) not in self.off_ramps:
                 continue
-            answer = self.off_ramps[str(index + 1)](hidden).float()
-            flops[rows] += head_flops
+            ramp = self.off_ramps[str(index + 1)]
+            answer = ramp(hidden, mask).float()
+            flops[rows] += 2 * ramp.macs(lengths[rows].double())
             if criterion == "patience":
                 previous, streak[rows] = patience_update(
                     answer, previous, streak[rows], config.exit_regression_tolerance
@@ -928,6 +980,7 @@ class FlexBertForQuestionAnswering(FlexBertPreTrainedModel):
 
 
 __all__ = [
+    "FlexBertAttentionRamp",
     "FlexBertDynamicOutput",
     "FlexBertForQuestionAnswering",
     "FlexBertForSequenceClassification",

@@ -234,7 +234,7 @@ class FlexTrainer(Trainer):
         for width in widths:
             with flex.subnet(width=width):
                 outputs = model(**model_inputs, output_hidden_states=True)
-            ramps = flex.ramp_logits(outputs.hidden_states)
+            ramps = flex.ramp_logits(outputs.hidden_states, model_inputs.get("attention_mask"))
             losses.append(
                 ramp_training_loss(
                     self.args.ramp_training,
