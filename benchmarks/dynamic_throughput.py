@@ -8,6 +8,7 @@ gives medians:
   all_exit   the batch stops at the first ramp where *every* row may exit (DeeBERT/PABEE batched behaviour); rows
              answer from their own first confident ramp, so predictions equal the engine's and only speed differs
   batch1     the engine, one example at a time (how the papers evaluate)
+  gated      the engine with the model's width gates too (rows grouped by width), when it has gates
 For each exit threshold the FLOPs-ideal speed-up (full-model FLOPs / FLOPs spent) is reported next to the measured
 one. Writes JSON.
 
@@ -75,9 +76,10 @@ def run_static(model, batches):
 
 
 @torch.no_grad()
-def run_engine(model, batches, threshold):
+def run_engine(model, batches, threshold, use_gates=False):
     return [
-        model.dynamic_forward(**batch, criterion="entropy", threshold=threshold, use_gates=False) for batch in batches
+        model.dynamic_forward(**batch, criterion="entropy", threshold=threshold, use_gates=use_gates)
+        for batch in batches
     ]
 
 
@@ -123,11 +125,13 @@ def main() -> None:
 
     runners = {"static": lambda: run_static(model, batches)}
     flops_ratio, exits = {}, {}
+    variants = ["engine", "gated"] if len(model.width_gates) else ["engine"]
     for threshold in args.thresholds:
-        outputs = run_engine(model, batches, threshold)
-        flops_ratio[threshold] = full_flops / float(sum(out.flops.sum() for out in outputs))
-        exits[threshold] = torch.cat([out.exit_layers for out in outputs]).float().mean().item()
-        runners[("engine", threshold)] = lambda t=threshold: run_engine(model, batches, t)
+        for variant in variants:
+            outputs = run_engine(model, batches, threshold, use_gates=variant == "gated")
+            flops_ratio[variant, threshold] = full_flops / float(sum(out.flops.sum() for out in outputs))
+            exits[variant, threshold] = torch.cat([out.exit_layers for out in outputs]).float().mean().item()
+            runners[variant, threshold] = lambda t=threshold, g=variant == "gated": run_engine(model, batches, t, g)
         runners[("all_exit", threshold)] = lambda t=threshold: [exit_when_all_rows_may(model, b, t) for b in batches]
     batch1_threshold = args.thresholds[args.batch1_threshold_index]
     runners[("batch1", batch1_threshold)] = lambda: run_batch1(model, singles, batch1_threshold)
@@ -136,17 +140,20 @@ def main() -> None:
     static = seconds["static"]
     rows = []
     for threshold in args.thresholds:
-        row = {
-            "threshold": threshold,
-            "mean_exit_layer": exits[threshold],
-            "flops_ideal_speedup": flops_ratio[threshold],
-            "engine_speedup": static / seconds[("engine", threshold)],
-            "all_exit_speedup": static / seconds[("all_exit", threshold)],
-        }
-        row["engine_fraction_of_ideal"] = row["engine_speedup"] / row["flops_ideal_speedup"]
-        if threshold == batch1_threshold:
-            row["batch1_speedup"] = static / seconds[("batch1", threshold)]
-        rows.append(row)
+        for variant in variants:
+            row = {
+                "variant": variant,
+                "threshold": threshold,
+                "mean_exit_layer": exits[variant, threshold],
+                "flops_ideal_speedup": flops_ratio[variant, threshold],
+                "measured_speedup": static / seconds[variant, threshold],
+            }
+            row["fraction_of_ideal"] = row["measured_speedup"] / row["flops_ideal_speedup"]
+            if variant == "engine":
+                row["all_exit_speedup"] = static / seconds[("all_exit", threshold)]
+                if threshold == batch1_threshold:
+                    row["batch1_speedup"] = static / seconds[("batch1", threshold)]
+            rows.append(row)
     report = {
         "command": "python benchmarks/dynamic_throughput.py " + " ".join(sys.argv[1:]),
         "machine": machine(),

@@ -853,6 +853,8 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
                 done = streak[rows] >= threshold
             else:
                 done = prediction_entropy(answer, normalized=criterion == "normalized_entropy") < threshold
+            if not bool(done.any()):
+                continue  # nobody leaves: no copies
             logits[rows[done]] = answer[done]
             exit_layers[rows[done]] = index + 1
             # Compaction: only the rows that go on run the next layers, as a smaller dense batch.
