@@ -184,6 +184,41 @@ def best_points(points: list[dict], teacher: dict, flops_budget: float) -> dict:
     }
 
 
+def describe(point: dict) -> str:
+    """A point's settings in a few words."""
+    keys = [key for key in ("width", "depth", "gate_map", "threshold") if key in point]
+    settings = ", ".join(
+        f"{key} {point[key]:.3g}" if isinstance(point[key], float) else f"{key} {point[key]}" for key in keys
+    )
+    return f"{point['method']} ({settings})" if settings else point["method"]
+
+
+def markdown(report: dict) -> str:
+    """The Pareto frontier (no other point has higher metric at lower FLOPs) and the headline points, as a table."""
+    points = sorted(report["points"], key=lambda p: (p["relative_flops"], -p["metric"]))
+    frontier, best = [], -1.0
+    for point in points:
+        if point["metric"] > best:
+            frontier.append(point)
+            best = point["metric"]
+    teacher = report["teacher"]
+    lines = [
+        f"| {report['task']} point | dev {report['metric']} | vs teacher | FLOPs vs full | mean exit layer |",
+        "|---|---|---|---|---|",
+    ]
+    for point in [teacher, *frontier]:
+        exit_layer = point.get("mean_exit_layer")
+        cells = [
+            describe(point),
+            f"{100 * point['metric']:.1f}",
+            f"{100 * (point['metric'] - teacher['metric']):+.1f}",
+            f"{point['relative_flops']:.2f}",
+            "" if exit_layer is None else f"{exit_layer:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -252,6 +287,7 @@ def main() -> None:
     output.write_text(json.dumps(report, indent=2))
     plot(report, output.with_suffix(".png"))
     print(json.dumps({key: report[key] for key in report if key not in ("points",)}, indent=2))
+    print(markdown(report))
 
 
 if __name__ == "__main__":
