@@ -9,6 +9,8 @@ gives medians:
              answer from their own first confident ramp, so predictions equal the engine's and only speed differs
   batch1     the engine, one example at a time (how the papers evaluate)
   gated      the engine with the model's width gates too (rows grouped by width), when it has gates
+  geep       GEEP: exit layers predicted from tokens (table fit on training examples' engine exits at the same
+             threshold), one full batch per predicted layer (FLOPs-ideal speed-up from its own FLOPs)
 For each exit threshold the FLOPs-ideal speed-up (full-model FLOPs / FLOPs spent) is reported next to the measured
 one. Writes JSON.
 
@@ -35,6 +37,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from transformers_flex import FlexBertForSequenceClassification, subnet_flops  # noqa: E402
 from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
 from transformers_flex.evaluation import interleaved_medians  # noqa: E402
+from transformers_flex.inference import ExitLayerPredictor, bucketed_forward  # noqa: E402
 from transformers_flex.modeling_flexbert import additive_attention_mask, prediction_entropy  # noqa: E402
 
 
@@ -91,6 +94,26 @@ def run_batch1(model, singles, threshold):
     ]
 
 
+def fit_exit_predictor(model, train_batches, threshold) -> ExitLayerPredictor:
+    """GEEP's token table from the engine's exits on training examples."""
+    answering = sorted({int(layer) for layer in model.off_ramps} | {model.config.num_hidden_layers})
+    predictor = ExitLayerPredictor(model.config.vocab_size, answering)
+    for batch in train_batches:
+        exits = model.dynamic_forward(**batch, criterion="entropy", threshold=threshold, use_gates=False).exit_layers
+        predictor.fit(batch["input_ids"], batch["attention_mask"], exits)
+    return predictor
+
+
+@torch.no_grad()
+def run_geep(model, batches, predictor):
+    outputs = []
+    for batch in batches:
+        predicted = predictor.predict(batch["input_ids"], batch["attention_mask"])
+        types = batch.get("token_type_ids")
+        outputs.append(bucketed_forward(model, batch["input_ids"], predicted, batch["attention_mask"], types))
+    return outputs
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
@@ -110,14 +133,20 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.2, 0.4])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch1-threshold-index", type=int, default=0, help="Which threshold batch size 1 runs.")
+    parser.add_argument("--geep-train-examples", type=int, default=2000, help="Training examples for GEEP's table.")
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     collate = DataCollatorWithPadding(tokenizer)
-    dev = tokenize_glue(load_glue(args.task, args.data_dir)[GLUE_DEV_SPLIT[args.task]], tokenizer, args.task)
+    raw = load_glue(args.task, args.data_dir)
+    dev = tokenize_glue(raw[GLUE_DEV_SPLIT[args.task]], tokenizer, args.task)
     dev = dev.remove_columns("labels")
     batches = length_bucketed_batches(dev, collate, args.batch_size)
+    train = raw["train"].shuffle(seed=0).select(range(min(args.geep_train_examples, len(raw["train"]))))
+    train_batches = length_bucketed_batches(
+        tokenize_glue(train, tokenizer, args.task).remove_columns("labels"), collate, args.batch_size
+    )
     singles = [collate([dev[i]]) for i in range(len(dev))]
     model = FlexBertForSequenceClassification.from_pretrained(args.model).eval()
     lengths = torch.cat([batch["attention_mask"].sum(dim=1) for batch in batches]).tolist()
@@ -125,13 +154,19 @@ def main() -> None:
 
     runners = {"static": lambda: run_static(model, batches)}
     flops_ratio, exits = {}, {}
-    variants = ["engine", "gated"] if len(model.width_gates) else ["engine"]
+    variants = ["engine", "geep", "gated"] if len(model.width_gates) else ["engine", "geep"]
     for threshold in args.thresholds:
+        predictor = fit_exit_predictor(model, train_batches, threshold)
         for variant in variants:
-            outputs = run_engine(model, batches, threshold, use_gates=variant == "gated")
+            if variant == "geep":
+                runners[variant, threshold] = lambda p=predictor: run_geep(model, batches, p)
+            else:
+                runners[variant, threshold] = lambda t=threshold, g=variant == "gated": run_engine(
+                    model, batches, t, g
+                )
+            outputs = runners[variant, threshold]()
             flops_ratio[variant, threshold] = full_flops / float(sum(out.flops.sum() for out in outputs))
             exits[variant, threshold] = torch.cat([out.exit_layers for out in outputs]).float().mean().item()
-            runners[variant, threshold] = lambda t=threshold, g=variant == "gated": run_engine(model, batches, t, g)
         runners[("all_exit", threshold)] = lambda t=threshold: [exit_when_all_rows_may(model, b, t) for b in batches]
     batch1_threshold = args.thresholds[args.batch1_threshold_index]
     runners[("batch1", batch1_threshold)] = lambda: run_batch1(model, singles, batch1_threshold)
