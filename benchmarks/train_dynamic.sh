@@ -19,7 +19,7 @@ common=(--task_name "$task" --per_device_train_batch_size 32 --max_seq_length 12
 if [ ! -f "$out/ramps/stage_results.json" ]; then
     "$python" examples/run_glue_flex.py "${common[@]}" --output_dir "$out/ramps" --flex_stage ramps \
         --model_name_or_path "$out/width" --exit_layers 1 2 3 4 5 --ramp_training two_stage --ramp_widths all \
-        --num_train_epochs 2 --learning_rate 1e-4
+        --num_train_epochs 1 --learning_rate 1e-4
 fi
 if [ ! -f "$out/gates/stage_results.json" ]; then
     "$python" examples/run_glue_flex.py "${common[@]}" --output_dir "$out/gates" --flex_stage gates \
