@@ -254,3 +254,36 @@ def test_glue_pipeline_example_runs_and_skips_finished_stages(data_dir, tmp_path
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads((tmp_path / "results.json").read_text()) == results  # every stage was found finished
     assert "train_runtime" not in second.stdout + second.stderr  # nothing was trained again
+
+
+def test_glue_example_adds_ramps_then_gates_to_a_checkpoint(bert_checkpoint, tokenizer, data_dir, tmp_path):
+    """The dynamic stages of examples/run_glue_flex.py: new off-ramps start as copies of the final head, then the
+    gates stage trains only the gates on top of the ramps checkpoint."""
+    tokenizer.save_pretrained(bert_checkpoint)
+    script = Path(__file__).resolve().parents[1] / "examples" / "run_glue_flex.py"
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    common = [sys.executable, str(script), "--task_name", "sst2", "--max_train_samples", "32"]
+    common += ["--max_eval_samples", "16", "--importance_samples", "16", "--max_steps", "2", "--use_cpu"]
+    common += ["--per_device_train_batch_size", "16", "--report_to", "none", "--disable_tqdm", "true"]
+    stages = [
+        ["--flex_stage", "ramps", "--model_name_or_path", str(bert_checkpoint), "--exit_layers", "2", "4"],
+        ["--flex_stage", "gates", "--model_name_or_path", str(tmp_path / "ramps"), "--gate_block_size", "3"],
+    ]
+    for stage in stages:
+        output_dir = tmp_path / stage[1]
+        run = subprocess.run(
+            [*common, *stage, "--output_dir", str(output_dir)], capture_output=True, text=True, timeout=900, env=env
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+    start = FlexBertForSequenceClassification.from_pretrained(bert_checkpoint)
+    ramps = FlexBertForSequenceClassification.from_pretrained(tmp_path / "ramps")
+    gated = FlexBertForSequenceClassification.from_pretrained(tmp_path / "gates")
+    assert list(ramps.off_ramps) == ["2", "4"] and list(gated.width_gates) == ["0", "3"]
+    for name, value in gated.state_dict().items():
+        if name.startswith("width_gates."):
+            continue
+        assert torch.equal(value, ramps.state_dict()[name]), name  # the gates stage trained only the gates
+    # two_stage ramps learnt from copies of the final head; the backbone and head stayed as they were
+    assert torch.equal(ramps.classifier.weight, start.classifier.weight)
+    assert not torch.equal(ramps.off_ramps["2"].classifier.weight, start.classifier.weight)
+    assert (ramps.off_ramps["2"].classifier.weight - start.classifier.weight).abs().max() < 0.01  # a copy, nudged
