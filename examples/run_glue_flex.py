@@ -46,7 +46,10 @@ class ModelArguments:
         model_name_or_path: BERT or FlexBert checkpoint (default: the packaged all-MiniLM-L6-v2).
         teacher_name_or_path: Teacher of a single width/width_depth stage (default: `model_name_or_path`).
         depth_rule: `every_other` (DynaBERT) or `prefix` (Flexible BERT); the checkpoint's own rule when unset.
-        exit_layers: Layers to put off-ramps after (new ramps start as copies of the final head).
+        exit_layers: Layers to put off-ramps after.
+        ramp_type: `pooler` (BERT's head on [CLS]) or `attention` (FastBERT-style, reads every token).
+        copy_head_to_new_ramps: New off-ramps start as copies of the final head (Flexible BERT), else randomly
+            initialised (DeeBERT).
         gate_block_size: Width gates: one per block of this many layers (0: none).
     """
 
@@ -58,6 +61,10 @@ class ModelArguments:
     )
     depth_rule: str | None = field(default=None, metadata={"help": "every_other or prefix (default: checkpoint's)."})
     exit_layers: list[int] | None = field(default=None, metadata={"help": "Layers followed by an off-ramp."})
+    ramp_type: str | None = field(default=None, metadata={"help": "Off-ramp classifier: pooler or attention."})
+    copy_head_to_new_ramps: bool = field(
+        default=True, metadata={"help": "New off-ramps start as copies of the final head (else random init)."}
+    )
     gate_block_size: int | None = field(default=None, metadata={"help": "Layers per width gate (0: no gates)."})
 
 
@@ -178,13 +185,14 @@ def main() -> None:
     def fresh_model():
         overrides = {
             name: value
-            for name in ("depth_rule", "exit_layers", "gate_block_size")
+            for name in ("depth_rule", "exit_layers", "ramp_type", "gate_block_size")
             if (value := getattr(model_args, name)) is not None
         }
         model, loading = FlexBertForSequenceClassification.from_pretrained(
             backbone, num_labels=num_labels, output_loading_info=True, **overrides
         )
-        if any(key.startswith("off_ramps.") for key in loading["missing_keys"]):
+        new_ramps = any(key.startswith("off_ramps.") for key in loading["missing_keys"])
+        if new_ramps and model_args.copy_head_to_new_ramps and model.config.ramp_type == "pooler":
             model.copy_head_to_off_ramps()  # new ramps start as the final head (Flexible BERT's `copy`)
         return model
 

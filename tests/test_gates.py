@@ -254,3 +254,17 @@ def test_gates_stage_needs_gates(tiny_config, tmp_path):
     model = FlexBertForSequenceClassification(tiny_config)
     with pytest.raises(ValueError, match="gate_block_size"):
         FlexTrainer(model=model, args=make_args(tmp_path, flex_stage="gates"), data_collator=pad_collate)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_gates_after_a_layer_read_the_mean_or_cls_and_the_in_gate_the_mean(tiny_config, pooling):
+    tiny_config.gate_block_size, tiny_config.gate_pooling = 2, pooling
+    model = FlexBertForSequenceClassification(tiny_config)
+    hidden = torch.randn(1, 5, 64)
+    changed = hidden.clone()
+    changed[:, 3] += 1.0  # a token other than [CLS]
+    for layer, reads_tokens in (("0", True), ("2", pooling == "mean")):
+        gate = model.width_gates[layer]
+        assert torch.equal(gate.pool(hidden, None), gate.pool(changed, None)) != reads_tokens
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    torch.testing.assert_close(model.width_gates["0"].pool(changed, mask), hidden[:, :3].mean(dim=1))

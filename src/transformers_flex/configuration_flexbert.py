@@ -17,6 +17,7 @@ FLEXBERT_AUTO_MAP = {
 DEPTH_RULES = ("every_other", "prefix")
 EXIT_CRITERIA = ("entropy", "normalized_entropy", "patience")
 RAMP_TYPES = ("pooler", "attention")
+GATE_POOLINGS = ("mean", "cls")
 
 
 def _check_multipliers(name: str, values) -> None:
@@ -75,6 +76,9 @@ class FlexBertConfig(PreTrainedConfig):
         gate_block_size (`int`, defaults to 0):
             Width gates: 0 for none; `k` puts an in-gate before layer 1 and a gate after every `k`-th layer, each
             picking the width of the next `k` layers from the [CLS] state.
+        gate_pooling (`str`, defaults to `"mean"`):
+            What a gate after a layer reads: `"mean"` (the mean over real tokens) or `"cls"` (the [CLS] state, as in
+            the paper). The in-gate always reads the mean embedding: the [CLS] embedding is the same for every input.
         knowledgeable_layers (`list[int]`, *optional*):
             GEEP's knowledgeable classifier: the final classifier reads a learned softmax-weighted mix of these
             1-based layers' [CLS] states instead of the last layer's alone (layers a shallower sub-network skips
@@ -120,6 +124,7 @@ class FlexBertConfig(PreTrainedConfig):
     exit_regression_tolerance: float | int = 0.01
     gate_widths: list[float | int] | None = None
     gate_block_size: int = 0
+    gate_pooling: str = "mean"
     knowledgeable_layers: list[int] | None = None
     dynamic_inference: bool = False
     layer_num_heads: list[int] | None = None
@@ -169,6 +174,8 @@ class FlexBertConfig(PreTrainedConfig):
                 f"`ramp_attention_size` ({self.ramp_attention_size}) must be a multiple of `ramp_attention_heads` "
                 f"({self.ramp_attention_heads})."
             )
+        if self.gate_pooling not in GATE_POOLINGS:
+            raise ValueError(f"`gate_pooling` must be one of {GATE_POOLINGS}, got {self.gate_pooling!r}.")
         if self.exit_criterion not in EXIT_CRITERIA:
             raise ValueError(f"`exit_criterion` must be one of {EXIT_CRITERIA}, got {self.exit_criterion!r}.")
         if isinstance(self.exit_threshold, bool) or not self.exit_threshold >= 0:
