@@ -2,7 +2,7 @@
 
 Curves, each point measured on the whole dev set with the batched engine (per-example FLOPs at real lengths,
 relative to the full static model):
-  static        every (width, depth) sub-network
+  static        every (width, depth) sub-network, a plain forward (no ramps or gates run)
   entropy       off-ramps only, entropy thresholds (DeeBERT's criterion; FastBERT's normalised entropy gives the
                 same exits at thresholds scaled by 1/ln C, so it is the same curve)
   patience      off-ramps only, PABEE's patience 1..4
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from transformers_flex import FlexBertForSequenceClassification, subnet_flops  # noqa: E402
 from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
-from transformers_flex.evaluation import dynamic_predict, subnet_grid  # noqa: E402
+from transformers_flex.evaluation import dynamic_predict, predict, subnet_grid  # noqa: E402
 from transformers_flex.inference import ExitLayerPredictor, bucketed_forward  # noqa: E402
 from transformers_flex.metrics import glue_metrics, main_metric  # noqa: E402
 
@@ -88,7 +88,11 @@ def sweep_model(args, model, batches, train_batches) -> Sweep:
     progress = tqdm(total=7, desc="curves")
     for width, depth in subnet_grid(model.config):
         with model.subnet(width=width, depth=depth):
-            sweep.run("static", {"width": width, "depth": depth}, criterion="patience", threshold=99, use_gates=False)
+            logits, labels, lengths = predict(model, batches)
+        flops = torch.tensor(
+            [subnet_flops(model.config, width, depth, length) for length in lengths], dtype=torch.float64
+        )
+        sweep.add("static", {"width": width, "depth": depth}, logits, labels, flops)
     progress.update()
     if not regression:
         for fraction in ENTROPY_FRACTIONS:
