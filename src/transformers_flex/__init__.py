@@ -16,6 +16,7 @@ from .export import to_bert
 from .flops import paper_flops, subnet_flops, subnet_num_parameters
 from .importance import Importance, compute_importance, graft, rewire
 from .modeling_flexbert import (
+    FlexBertDynamicOutput,
     FlexBertForQuestionAnswering,
     FlexBertForSequenceClassification,
     FlexBertModel,
@@ -49,6 +50,7 @@ __all__ = [
     "subnet_flops",
     "subnet_num_parameters",
     "to_bert",
+    "FlexBertDynamicOutput",
     "FlexBertForQuestionAnswering",
     "FlexBertForSequenceClassification",
     "FlexBertModel",
