@@ -36,16 +36,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from transformers_flex import FlexBertForSequenceClassification, subnet_flops  # noqa: E402
 from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
-from transformers_flex.evaluation import interleaved_medians  # noqa: E402
-from transformers_flex.inference import ExitLayerPredictor, bucketed_forward  # noqa: E402
+from transformers_flex.evaluation import interleaved_medians, length_bucketed_batches  # noqa: E402
+from transformers_flex.inference import bucketed_forward, fit_exit_predictor  # noqa: E402
 from transformers_flex.modeling_flexbert import additive_attention_mask, prediction_entropy  # noqa: E402
-
-
-def length_bucketed_batches(dataset, collate, batch_size: int) -> list[dict]:
-    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
-    return [
-        collate([dataset[i] for i in order[start : start + batch_size]]) for start in range(0, len(order), batch_size)
-    ]
 
 
 @torch.no_grad()
@@ -55,12 +48,14 @@ def exit_when_all_rows_may(model, batch: dict, threshold: float) -> torch.Tensor
     encoder = model.bert.encoder
     hidden = model.bert.embeddings(batch["input_ids"], batch.get("token_type_ids"), None, None)
     mask = additive_attention_mask(batch["attention_mask"], hidden.dtype)
-    answer = torch.zeros(len(hidden), model.config.num_labels)
-    answered = torch.zeros(len(hidden), dtype=torch.bool)
+    answer = torch.zeros(len(hidden), model.config.num_labels, device=hidden.device)
+    answered = torch.zeros(len(hidden), dtype=torch.bool, device=hidden.device)
+    cls_states = {}  # what a knowledgeable final classifier mixes
     for index in encoder.active_layers:
         hidden, _ = encoder.layer[index](hidden, mask)
+        cls_states[index + 1] = hidden[:, 0]
         if index == encoder.active_layers[-1]:
-            logits = model.classifier(model.bert.pooler(hidden))
+            logits = model.final_logits(hidden, cls_states)
             answer[~answered] = logits[~answered]
             return answer
         if str(index + 1) in model.off_ramps:
@@ -92,16 +87,6 @@ def run_batch1(model, singles, threshold):
         model.dynamic_forward(**single, criterion="entropy", threshold=threshold, use_gates=False)
         for single in singles
     ]
-
-
-def fit_exit_predictor(model, train_batches, threshold) -> ExitLayerPredictor:
-    """GEEP's token table from the engine's exits on training examples."""
-    answering = sorted({int(layer) for layer in model.off_ramps} | {model.config.num_hidden_layers})
-    predictor = ExitLayerPredictor(model.config.vocab_size, answering)
-    for batch in train_batches:
-        exits = model.dynamic_forward(**batch, criterion="entropy", threshold=threshold, use_gates=False).exit_layers
-        predictor.fit(batch["input_ids"], batch["attention_mask"], exits)
-    return predictor
 
 
 @torch.no_grad()
@@ -156,7 +141,7 @@ def main() -> None:
     flops_ratio, exits = {}, {}
     variants = ["engine", "geep", "gated"] if len(model.width_gates) else ["engine", "geep"]
     for threshold in args.thresholds:
-        predictor = fit_exit_predictor(model, train_batches, threshold)
+        predictor = fit_exit_predictor(model, train_batches, threshold=threshold)
         for variant in variants:
             if variant == "geep":
                 runners[variant, threshold] = lambda p=predictor: run_geep(model, batches, p)

@@ -34,11 +34,17 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from transformers_flex import FlexBertForSequenceClassification, subnet_flops  # noqa: E402
 from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
-from transformers_flex.evaluation import dynamic_predict, predict, subnet_grid  # noqa: E402
-from transformers_flex.inference import ExitLayerPredictor, bucketed_forward  # noqa: E402
+from transformers_flex.evaluation import (  # noqa: E402
+    dynamic_predict,
+    length_bucketed_batches,
+    predict,
+    subnet_grid,
+)
+from transformers_flex.inference import bucketed_forward, fit_exit_predictor  # noqa: E402
 from transformers_flex.metrics import glue_metrics, main_metric  # noqa: E402
 
-# Gate classes are trained as widths [1.0, 0.75, 0.5, 0.25]; remapping them moves the trade-off (§6).
+# Gate classes are trained as these widths; remapping them moves the trade-off (§6).
+TRAINED_GATE_WIDTHS = [1.0, 0.75, 0.5, 0.25]
 GATE_REMAPS = {
     "cautious": [1.0, 1.0, 0.75, 0.5],
     "mild": [1.0, 0.75, 0.75, 0.5],
@@ -48,14 +54,6 @@ GATE_REMAPS = {
 ENTROPY_FRACTIONS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]  # of ln C (the largest possible entropy)
 GATED_FRACTIONS = [0.1, 0.3, 0.5, 0.7]
 GEEP_FRACTIONS = [0.1, 0.3, 0.5, 0.7]
-
-
-def length_bucketed_batches(dataset, collate, batch_size: int) -> list[dict]:
-    """Examples sorted by length, cut into batches (padding then stays small); labels kept."""
-    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
-    return [
-        collate([dataset[i] for i in order[start : start + batch_size]]) for start in range(0, len(order), batch_size)
-    ]
 
 
 class Sweep:
@@ -109,14 +107,11 @@ def sweep_model(args, model, batches, train_batches) -> Sweep:
     progress.update()
     if len(model.width_gates):
         trained_widths = list(model.config.gate_widths)
+        if trained_widths != TRAINED_GATE_WIDTHS:
+            raise SystemExit(f"The remaps assume gates trained on widths {TRAINED_GATE_WIDTHS}, got {trained_widths}.")
         for name, widths in GATE_REMAPS.items():
             model.config.gate_widths = trained_widths if widths is None else widths
-            sweep.run(
-                "gates",
-                {"gate_map": name, "gate_widths": model.config.gate_widths},
-                criterion="patience",
-                threshold=99,
-            )
+            sweep.run("gates", {"gate_map": name, "gate_widths": model.config.gate_widths}, use_ramps=False)
             if not regression:
                 for fraction in GATED_FRACTIONS:
                     setting = {
@@ -138,18 +133,7 @@ def sweep_model(args, model, batches, train_batches) -> Sweep:
 def geep_point(sweep: Sweep, model, train_batches: list[dict], threshold: float) -> None:
     """GEEP: exit layers of training examples under the entropy criterion -> token table -> predicted layer per dev
     example -> one dense batch per predicted layer, only that layer's classifier run."""
-    answering = sorted({int(layer) for layer in model.off_ramps} | {model.config.num_hidden_layers})
-    predictor = ExitLayerPredictor(model.config.vocab_size, answering)
-    for batch in train_batches:
-        out = model.dynamic_forward(
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch.get("token_type_ids"),
-            criterion="entropy",
-            threshold=threshold,
-            use_gates=False,
-        )
-        predictor.fit(batch["input_ids"], batch["attention_mask"], out.exit_layers)
+    predictor = fit_exit_predictor(model, train_batches, threshold=threshold)
     logits, labels, flops, exits = [], [], [], []
     for batch in sweep.batches:
         predicted = predictor.predict(batch["input_ids"], batch["attention_mask"])
@@ -167,7 +151,7 @@ def geep_point(sweep: Sweep, model, train_batches: list[dict], threshold: float)
 
 def teacher_point(sweep: Sweep, teacher_path: str) -> dict:
     teacher = FlexBertForSequenceClassification.from_pretrained(teacher_path).eval()
-    out = dynamic_predict(teacher, sweep.batches, criterion="patience", threshold=99, use_gates=False)
+    out = dynamic_predict(teacher, sweep.batches, use_gates=False, use_ramps=False)
     metrics = glue_metrics(sweep.task, out["logits"].numpy(), out["labels"].numpy())
     return {
         "method": "teacher",

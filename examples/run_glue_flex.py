@@ -191,9 +191,9 @@ def main() -> None:
         model, loading = FlexBertForSequenceClassification.from_pretrained(
             backbone, num_labels=num_labels, output_loading_info=True, **overrides
         )
-        new_ramps = any(key.startswith("off_ramps.") for key in loading["missing_keys"])
+        new_ramps = {int(key.split(".")[1]) for key in loading["missing_keys"] if key.startswith("off_ramps.")}
         if new_ramps and model_args.copy_head_to_new_ramps and model.config.ramp_type == "pooler":
-            model.copy_head_to_off_ramps()  # new ramps start as the final head (Flexible BERT's `copy`)
+            model.copy_head_to_off_ramps(sorted(new_ramps))  # new ramps start as the final head (Flexible BERT)
         return model
 
     if training_args.flex_stage != PIPELINE_STAGE:

@@ -268,3 +268,32 @@ def test_gates_after_a_layer_read_the_mean_or_cls_and_the_in_gate_the_mean(tiny_
         assert torch.equal(gate.pool(hidden, None), gate.pool(changed, None)) != reads_tokens
     mask = torch.tensor([[1, 1, 1, 0, 0]])
     torch.testing.assert_close(model.width_gates["0"].pool(changed, mask), hidden[:, :3].mean(dim=1))
+
+
+def test_gates_need_full_depth_and_use_ramps_false_runs_no_ramp(gated_model, batch, tiny_config):
+    with gated_model.subnet(depth=0.5), pytest.raises(ValueError, match="full depth"):
+        gated_model.dynamic_forward(**batch)
+    no_ramps = gated_model.dynamic_forward(**batch, threshold=10.0, use_ramps=False)  # would exit everyone
+    assert no_ramps.exit_layers.tolist() == [4] * 12
+    with_ramps = gated_model.dynamic_forward(**batch, threshold=0.0)  # ramps run, nobody exits
+    ramp_cost = 2 * cls_head_macs(64, tiny_config.num_labels) * 3
+    torch.testing.assert_close(
+        with_ramps.flops - no_ramps.flops, torch.full((12,), float(ramp_cost), dtype=torch.float64)
+    )
+
+
+def test_gates_stage_on_a_regression_task_trains_and_evaluates(tiny_config, tmp_path):
+    from conftest import pad_collate, random_classification_dataset
+    from test_trainer import make_args
+
+    from transformers_flex import FlexTrainer
+
+    tiny_config.num_labels, tiny_config.exit_layers, tiny_config.gate_block_size = 1, [2], 2
+    model = FlexBertForSequenceClassification(tiny_config)
+    dataset = random_classification_dataset(16).map(lambda row: {"labels": float(row["labels"])})
+    args = make_args(tmp_path, flex_stage="gates", max_steps=2, gate_regression_tolerance=0.5)
+    trainer = FlexTrainer(
+        model=model, args=args, train_dataset=dataset, eval_dataset=dataset, data_collator=pad_collate
+    )
+    trainer.train()
+    assert "eval_loss" in trainer.evaluate()  # the gated model, ramps never exiting, whatever the criterion

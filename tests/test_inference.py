@@ -241,3 +241,20 @@ def test_attention_ramps_exit_batched_as_one_example_at_a_time(attention_ramp_mo
         assert batched.flops[row].item() == expected
     with pytest.raises(ValueError, match="copy the final head"):
         attention_ramp_model.copy_head_to_off_ramps()
+
+
+def test_head_is_copied_only_into_the_chosen_ramps(ramp_model):
+    before = ramp_model.off_ramps["2"].classifier.weight.clone()
+    ramp_model.copy_head_to_off_ramps([1, 3])
+    assert torch.equal(ramp_model.off_ramps["1"].classifier.weight, ramp_model.classifier.weight)
+    assert torch.equal(ramp_model.off_ramps["3"].pooler.dense.weight, ramp_model.bert.pooler.dense.weight)
+    assert torch.equal(ramp_model.off_ramps["2"].classifier.weight, before)
+
+
+def test_importance_runs_on_a_model_saved_for_dynamic_inference(ramp_model, batch):
+    from transformers_flex import compute_importance
+
+    ramp_model.config.dynamic_inference = True
+    labelled = dict(batch, labels=torch.zeros(8, dtype=torch.long))
+    importance = compute_importance(ramp_model, [labelled], show_progress=False)
+    assert importance.heads[0].abs().sum() > 0 and ramp_model.config.dynamic_inference  # gradients, then restored

@@ -122,3 +122,10 @@ def test_shared_exit_training_learns_the_mix(mixed_model, tmp_path):
     )
     trainer.train()
     assert not torch.equal(mixed_model.layer_mix.weights, before)
+
+
+def test_export_that_drops_every_mixed_layer_is_refused(tiny_config):
+    tiny_config.knowledgeable_layers = [2, 4]  # every_other depth 0.5 keeps layers 1 and 3
+    model = FlexBertForSequenceClassification(tiny_config)
+    with pytest.raises(ValueError, match="keeps none of the knowledgeable layers"):
+        model.export_subnet(depth=0.5)

@@ -69,13 +69,14 @@ class FlexBertConfig(PreTrainedConfig):
         exit_threshold (`float`, defaults to 0.0):
             Entropy below which an off-ramp answers (entropy criteria), or the number of agreeing ramps (patience).
         exit_regression_tolerance (`float`, defaults to 0.01):
-            Patience on a regression task: two consecutive ramps agree when their outputs differ by less than this.
+            Patience on a regression task: two consecutive ramps agree when their outputs differ by less than this
+            (an inference setting; `FlexTrainingArguments.gate_regression_tolerance` is the gates' labelling one).
         gate_widths (`list[float]`, *optional*):
             The widths the classes of a width gate stand for; defaults to `width_mults`. Remapping them after
             training moves the whole trade-off curve (e.g. `[0.5, 0.55, 0.55, 0.75]`).
         gate_block_size (`int`, defaults to 0):
             Width gates: 0 for none; `k` puts an in-gate before layer 1 and a gate after every `k`-th layer, each
-            picking the width of the next `k` layers from the [CLS] state.
+            picking the width of the next `k` layers (see `gate_pooling` for what they read).
         gate_pooling (`str`, defaults to `"mean"`):
             What a gate after a layer reads: `"mean"` (the mean over real tokens) or `"cls"` (the [CLS] state, as in
             the paper). The in-gate always reads the mean embedding: the [CLS] embedding is the same for every input.

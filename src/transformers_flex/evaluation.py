@@ -64,6 +64,14 @@ def evaluate_subnets(
     return rows
 
 
+def length_bucketed_batches(dataset, collate: Callable[[list], Batch], batch_size: int) -> list[Batch]:
+    """The dataset's examples sorted by length and cut into batches, so each batch pads little (length bucketing)."""
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
+    return [
+        collate([dataset[i] for i in order[start : start + batch_size]]) for start in range(0, len(order), batch_size)
+    ]
+
+
 @torch.no_grad()
 def dynamic_predict(model, batches: Iterable[Batch], **engine) -> dict[str, torch.Tensor]:
     """Logits, labels, exit layers, layer widths and FLOPs of every example under `model.dynamic_forward(**engine)`
@@ -118,4 +126,12 @@ def subnet_latencies(
         model.set_subnet(**previous)
 
 
-__all__ = ["dynamic_predict", "evaluate_subnets", "interleaved_medians", "predict", "subnet_grid", "subnet_latencies"]
+__all__ = [
+    "dynamic_predict",
+    "evaluate_subnets",
+    "interleaved_medians",
+    "length_bucketed_batches",
+    "predict",
+    "subnet_grid",
+    "subnet_latencies",
+]

@@ -85,6 +85,8 @@ def compute_importance(
     hooks = [_gate_heads(layer, gate) for layer, gate in zip(layers, gates)]
     was_training = model.training
     model.eval()
+    # Importance needs gradients through the static full model, not the (no-grad) dynamic engine.
+    dynamic, model.config.dynamic_inference = getattr(model.config, "dynamic_inference", False), False
     try:
         with model.subnet(width=1.0, depth=1.0):
             for p in ffn_params:
@@ -114,6 +116,7 @@ def compute_importance(
             p.requires_grad_(flag)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
+        model.config.dynamic_inference = dynamic
     return Importance(heads=head_scores, neurons=neuron_scores)
 
 

@@ -58,6 +58,20 @@ class ExitLayerPredictor:
 
 
 @torch.no_grad()
+def fit_exit_predictor(
+    model: FlexBertForSequenceClassification, batches, criterion: str = "entropy", threshold: float | None = None
+) -> ExitLayerPredictor:
+    """GEEP's token table from the exits the engine (ramps only) takes on training batches."""
+    answering = sorted({int(layer) for layer in model.off_ramps} | {model.config.num_hidden_layers})
+    predictor = ExitLayerPredictor(model.config.vocab_size, answering)
+    for batch in batches:
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        exits = model.dynamic_forward(**inputs, criterion=criterion, threshold=threshold, use_gates=False).exit_layers
+        predictor.fit(batch["input_ids"], batch["attention_mask"], exits)
+    return predictor
+
+
+@torch.no_grad()
 def bucketed_forward(
     model: FlexBertForSequenceClassification,
     input_ids: torch.Tensor,
@@ -109,4 +123,4 @@ def bucketed_forward(
     )
 
 
-__all__ = ["ExitLayerPredictor", "bucketed_forward"]
+__all__ = ["ExitLayerPredictor", "bucketed_forward", "fit_exit_predictor"]

@@ -499,7 +499,7 @@ class FlexBertWidthGate(nn.Module):
         self.classifier = nn.Linear(config.hidden_size, len(config.gate_widths))
 
     def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """(batch, hidden) input of the gate: the [CLS] state, or the mean over real tokens for the in-gate."""
+        """(batch, hidden) input of the gate: the mean over real tokens, or the [CLS] state (`mean_pool=False`)."""
         if not self.mean_pool:
             return hidden_states[:, 0]
         if attention_mask is None:
@@ -579,6 +579,11 @@ class FlexBertPreTrainedModel(PreTrainedModel):
         config.exit_layers = [kept.index(layer - 1) + 1 for layer in config.exit_layers if layer - 1 in kept]
         mixed = [layer for layer in config.knowledgeable_layers or [] if layer - 1 in kept]
         if config.knowledgeable_layers is not None:
+            if not mixed:
+                raise ValueError(
+                    f"This sub-network keeps none of the knowledgeable layers {config.knowledgeable_layers}; "
+                    "export a deeper one."
+                )
             config.knowledgeable_layers = [kept.index(layer - 1) + 1 for layer in mixed]
         compact = type(self)(config).to(device=self.device, dtype=self.dtype)
         source = self.state_dict()
@@ -696,13 +701,15 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         self.post_init()
 
     @torch.no_grad()
-    def copy_head_to_off_ramps(self) -> None:
-        """Initialise every off-ramp as a copy of the final pooler and classifier (Flexible BERT's `copy` mode)."""
+    def copy_head_to_off_ramps(self, layers: Sequence[int] | None = None) -> None:
+        """Initialise off-ramps as copies of the final pooler and classifier (Flexible BERT's `copy` mode): those
+        after the given 1-based `layers`, or all of them."""
         if self.config.ramp_type != "pooler":
             raise ValueError(
                 f"Only `ramp_type='pooler'` ramps can copy the final head, not {self.config.ramp_type!r}."
             )
-        for ramp in self.off_ramps.values():
+        chosen = self.off_ramps.keys() if layers is None else [str(layer) for layer in layers]
+        for ramp in [self.off_ramps[name] for name in chosen]:
             ramp.pooler.load_state_dict(self.bert.pooler.state_dict())
             ramp.classifier.load_state_dict(self.classifier.state_dict())
 
@@ -743,11 +750,17 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
 
     # --- dynamic (per-example) inference: ALGORITHMS.md §5-7, §9 -------------------------------------------------
 
-    def _check_dynamic_settings(self, criterion: str) -> None:
+    def _check_dynamic_settings(self, criterion: str, use_gates: bool, use_ramps: bool) -> None:
         if criterion not in EXIT_CRITERIA:
             raise ValueError(f"`criterion` must be one of {EXIT_CRITERIA}, got {criterion!r}.")
-        if self.num_labels == 1 and criterion != "patience":
+        if use_ramps and len(self.off_ramps) and self.num_labels == 1 and criterion != "patience":
             raise ValueError("A regression model has no prediction entropy: use `criterion='patience'`.")
+        if not use_gates:
+            return
+        if len(self.width_gates) and self.bert.encoder.depth != 1.0:
+            raise ValueError(
+                "Width gates are trained at full depth: use them with `depth=1.0`, or pass `use_gates=False`."
+            )
         for gate in self.width_gates.values():
             if gate.classifier.out_features != len(self.config.gate_widths):
                 raise ValueError(
@@ -791,19 +804,21 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         criterion: str | None = None,
         threshold: float | None = None,
         use_gates: bool = True,
+        use_ramps: bool = True,
     ) -> FlexBertDynamicOutput:
         """Per-example inference on a batch: width gates pick each block's width, off-ramps answer early.
 
         After every layer with an off-ramp, rows whose ramp satisfies the exit criterion (`criterion`/`threshold`,
         by default the config's) answer and leave; the rest continue as a smaller dense batch with trailing padding
-        trimmed. Rows that gates sent to different widths run a layer as one dense group per width. Without gates,
-        every layer runs at the active sub-network's width; the last active layer always answers. Every example gets
-        the answer, exit layer and widths it would get alone.
+        trimmed. Rows that gates sent to different widths run a layer as one dense group per width; gates override
+        the active sub-network's width and need full depth. Without gates (or with `use_gates=False`), every layer
+        runs at the active sub-network's width; with `use_ramps=False` no ramp runs and the last active layer
+        answers. Every example gets the answer, exit layer and widths it would get alone.
         """
         config, encoder = self.config, self.bert.encoder
         criterion = config.exit_criterion if criterion is None else criterion
         threshold = config.exit_threshold if threshold is None else threshold
-        self._check_dynamic_settings(criterion)
+        self._check_dynamic_settings(criterion, use_gates, use_ramps)
         hidden = self.bert.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         batch_size, device = hidden.shape[0], hidden.device
         mask = (
@@ -811,6 +826,7 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         )
         lengths = mask.sum(dim=1)
         gates = self.width_gates if use_gates else {}
+        ramps = self.off_ramps if use_ramps else {}
         gate_widths = torch.tensor(config.gate_widths, dtype=torch.float64, device=device)
         static_widths = encoder.layer_widths
         logits = torch.zeros(batch_size, config.num_labels, device=device)
@@ -845,9 +861,9 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
                 exit_layers[rows] = index + 1
                 flops[rows] += head_flops
                 break
-            if str(index + 1) not in self.off_ramps:
+            if str(index + 1) not in ramps:
                 continue
-            ramp = self.off_ramps[str(index + 1)]
+            ramp = ramps[str(index + 1)]
             answer = ramp(hidden, mask).float()
             flops[rows] += 2 * ramp.macs(lengths[rows].double())
             if criterion == "patience":

@@ -75,6 +75,8 @@ def prepare_gate_training(model: nn.Module) -> None:
     """Check the model has width gates; freeze everything else (the gates learn on a fixed model)."""
     if len(getattr(model, "width_gates", {})) == 0:
         raise ValueError("The gates stage needs width gates: set `config.gate_block_size` (e.g. 1 or 2).")
+    if model.config.problem_type == "multi_label_classification":
+        raise ValueError("Gate labels need one right answer per example: multi-label tasks are not supported.")
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith("width_gates."))
 
@@ -119,6 +121,9 @@ class FlexTrainer(Trainer):
             prepare_ramp_training(model, args.ramp_training)
         if args.flex_stage == "gates":
             prepare_gate_training(model)
+            if args.world_size > 1:
+                # The gates run outside the DDP-wrapped forward, so their gradients would not be all-reduced.
+                raise ValueError("The gates stage trains in one process (it is small): run it without torchrun.")
         super().__init__(model=model, args=args, **kwargs)
         self.teacher_model = None
         if teacher_model is not None:
@@ -353,11 +358,13 @@ class FlexTrainer(Trainer):
         subnets = self.eval_subnets()
         if self.args.flex_stage == "gates":  # what the gates are for: per-example widths at inference
             config = self.flex_model.config
-            previous, config.dynamic_inference = config.dynamic_inference, True
+            saved = (config.dynamic_inference, config.exit_criterion, config.exit_threshold)
+            # Gates only: patience that can never be reached keeps every row to the last layer (any task type).
+            config.dynamic_inference, config.exit_criterion, config.exit_threshold = True, "patience", math.inf
             try:
                 return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
             finally:
-                config.dynamic_inference = previous
+                config.dynamic_inference, config.exit_criterion, config.exit_threshold = saved
         if isinstance(dataset, dict) or subnets == [(1.0, 1.0)]:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         dataloader = self.get_eval_dataloader(eval_dataset)
