@@ -181,6 +181,7 @@ def test_only_trailing_padding_counts_as_cuttable():
 
     assert last_real_column(torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])) == 2
     assert last_real_column(torch.tensor([[0, 0, 1, 1], [0, 0, 0, 1]])) == 4
+    assert last_real_column(torch.tensor([[0, 0, 0]])) == 3  # nothing real: nothing is cut
 
 
 @pytest.fixture

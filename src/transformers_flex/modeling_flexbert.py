@@ -157,8 +157,10 @@ def patience_update(
 
 
 def last_real_column(attention_mask: torch.Tensor) -> int:
-    """One past the last column holding a real token in any row: what can be cut off (right padding only)."""
-    return int(attention_mask.any(dim=0).nonzero().max()) + 1
+    """One past the last column holding a real token in any row: what can be cut off (right padding only). A batch
+    with no real token at all is kept whole."""
+    real_columns = attention_mask.any(dim=0).nonzero()
+    return int(real_columns.max()) + 1 if len(real_columns) else attention_mask.shape[1]
 
 
 class FlexBertEmbeddings(nn.Module):
