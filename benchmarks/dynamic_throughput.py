@@ -9,6 +9,7 @@ gives medians:
              answer from their own first confident ramp, so predictions equal the engine's and only speed differs
   batch1     the engine, one example at a time (how the papers evaluate)
   gated      the engine with the model's width gates too (rows grouped by width), when it has gates
+  static_w   the static model at each narrower training width (how efficiently narrow layers run on these batches)
   geep       GEEP: exit layers predicted from tokens (table fit on training examples' engine exits at the same
              threshold), one full batch per predicted layer (FLOPs-ideal speed-up from its own FLOPs)
 For each exit threshold the FLOPs-ideal speed-up (full-model FLOPs / FLOPs spent) is reported next to the measured
@@ -69,8 +70,9 @@ def exit_when_all_rows_may(model, batch: dict, threshold: float) -> torch.Tensor
 
 
 @torch.no_grad()
-def run_static(model, batches):
-    return [model(**batch).logits for batch in batches]
+def run_static(model, batches, width: float = 1.0):
+    with model.subnet(width=width):
+        return [model(**batch).logits for batch in batches]
 
 
 @torch.no_grad()
@@ -153,6 +155,10 @@ def main() -> None:
             flops_ratio[variant, threshold] = full_flops / float(sum(out.flops.sum() for out in outputs))
             exits[variant, threshold] = torch.cat([out.exit_layers for out in outputs]).float().mean().item()
         runners[("all_exit", threshold)] = lambda t=threshold: [exit_when_all_rows_may(model, b, t) for b in batches]
+    narrow = [width for width in model.config.width_mults if width < 1.0]
+    for width in narrow:
+        runners["static_w", width] = lambda w=width: run_static(model, batches, w)
+        flops_ratio["static_w", width] = full_flops / sum(subnet_flops(model.config, width, 1.0, n) for n in lengths)
     batch1_threshold = args.thresholds[args.batch1_threshold_index]
     runners[("batch1", batch1_threshold)] = lambda: run_batch1(model, singles, batch1_threshold)
     seconds = interleaved_medians(runners, rounds=args.rounds, show_progress=True)
@@ -174,6 +180,17 @@ def main() -> None:
                 if threshold == batch1_threshold:
                     row["batch1_speedup"] = static / seconds[("batch1", threshold)]
             rows.append(row)
+    for width in narrow:
+        speedup = static / seconds["static_w", width]
+        ideal = flops_ratio["static_w", width]
+        rows.append(
+            {
+                "variant": f"static width {width}",
+                "flops_ideal_speedup": ideal,
+                "measured_speedup": speedup,
+                "fraction_of_ideal": speedup / ideal,
+            }
+        )
     report = {
         "command": "python benchmarks/dynamic_throughput.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
