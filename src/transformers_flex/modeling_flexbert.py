@@ -777,17 +777,19 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         longest row. Returns the new hidden states and each row's FLOPs."""
         config = self.config
         groups = widths.unique().tolist()
-        output = hidden if len(groups) == 1 else hidden.clone()
+        if len(groups) == 1:  # the common case: one width for all rows, no gather/scatter
+            with layer.at_width(groups[0]):
+                output, _ = layer(hidden, additive_attention_mask(mask, hidden.dtype))
+                heads, neurons = layer.active_heads, layer.active_intermediate_size
+            return output, 2 * layer_macs(config.hidden_size, config.head_size, heads, neurons, lengths.double())
+        output = hidden.clone()
         flops = torch.zeros(len(widths), dtype=torch.float64, device=hidden.device)
         for width in groups:
-            group = slice(None) if len(groups) == 1 else (widths == width).nonzero().squeeze(1)
+            group = (widths == width).nonzero().squeeze(1)
+            longest = last_real_column(mask[group])
             with layer.at_width(width):
-                if len(groups) == 1:  # the common case: one width for all rows, no gather/scatter
-                    output, _ = layer(hidden, additive_attention_mask(mask, hidden.dtype))
-                else:
-                    longest = last_real_column(mask[group])
-                    group_mask = additive_attention_mask(mask[group, :longest], hidden.dtype)
-                    output[group, :longest], _ = layer(hidden[group, :longest], group_mask)
+                group_mask = additive_attention_mask(mask[group, :longest], hidden.dtype)
+                output[group, :longest], _ = layer(hidden[group, :longest], group_mask)
                 heads, neurons = layer.active_heads, layer.active_intermediate_size
             flops[group] = 2 * layer_macs(
                 config.hidden_size, config.head_size, heads, neurons, lengths[group].double()
