@@ -51,7 +51,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from transformers_flex.metrics import main_metric
 
-    report = {"command": "python benchmarks/grafting_ablation.py " + " ".join(sys.argv[1:]), "tasks": {}}
+    command = "python benchmarks/grafting_ablation.py " + " ".join(sys.argv[1:])
+    results_path = Path(args.results)
+    # Other tasks' results already in the file stay; each task records the command that produced it.
+    report = json.loads(results_path.read_text()) if results_path.exists() else {"tasks": {}}
+    report.pop("command", None)
     for task in args.tasks:
         metric = main_metric(task)
         runs = []
@@ -75,9 +79,9 @@ def main() -> None:
                     },
                 }
             )
-            report["tasks"][task] = {"metric": metric, "runs": runs, "summary": summarize(runs)}
-            Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.results).write_text(json.dumps(report, indent=2))  # after every seed: partial results survive
+            report["tasks"][task] = {"command": command, "metric": metric, "runs": runs, "summary": summarize(runs)}
+            results_path.parent.mkdir(parents=True, exist_ok=True)
+            results_path.write_text(json.dumps(report, indent=2))  # after every seed: partial results survive
     print(format_table(report))
 
 

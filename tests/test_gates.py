@@ -9,11 +9,16 @@ from transformers_flex.modeling_flexbert import cls_head_macs, layer_macs, predi
 
 @pytest.fixture
 def gated_model(tiny_config):
-    """Gates before layers 1 and 3 (block size 2), off-ramps after layers 1-3; weights scaled, and gates centred on
-    random inputs, so that gate choices and ramp entropies spread out over a batch."""
+    """Gates before layers 1 and 3 (block size 2), off-ramps after layers 1-3."""
     tiny_config.exit_layers, tiny_config.gate_block_size = [1, 2, 3], 2
+    return spread_out(tiny_config)
+
+
+def spread_out(config):
+    """A model whose ramps and gates have scaled weights, and gates centred on random inputs, so that gate choices
+    and ramp entropies spread out over a batch."""
     torch.manual_seed(0)
-    model = FlexBertForSequenceClassification(tiny_config).eval()
+    model = FlexBertForSequenceClassification(config).eval()
     sample = torch.randint(1, 99, (32, 8), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         hidden_states = model(sample, output_hidden_states=True).hidden_states
@@ -91,6 +96,31 @@ def test_gates_and_exits_batched_equal_one_example_at_a_time(gated_model, batch)
     assert torch.equal(torch.cat([s.layer_widths for s in singles]), batched.layer_widths)
     torch.testing.assert_close(torch.cat([s.logits for s in singles]), batched.logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.cat([s.flops for s in singles]), batched.flops)
+
+
+@pytest.mark.parametrize(
+    ("block_size", "criterion", "entropy_fraction"),
+    [(1, "entropy", 0.5), (1, "patience", None), (2, "entropy", 0.2), (2, "patience", None)],
+)
+def test_rows_regrouped_by_width_keep_their_streaks_and_mixed_states(
+    tiny_config, batch, block_size, criterion, entropy_fraction
+):
+    """Gates re-sort the rows by width and width blocks write their layer output in place: patience streaks and
+    the knowledgeable classifier's [CLS] states must follow their rows and survive the later layers."""
+    tiny_config.exit_layers, tiny_config.knowledgeable_layers = [1, 2, 3], [1, 2, 4]
+    tiny_config.gate_block_size = block_size
+    model = spread_out(tiny_config)
+    # Thresholds at which some rows leave early and some reach the (mixing) final classifier.
+    threshold = 1 if criterion == "patience" else median_first_ramp_entropy(model, batch) * entropy_fraction
+    batched = model.dynamic_forward(**batch, criterion=criterion, threshold=threshold)
+    singles = [
+        model.dynamic_forward(**example(batch, row), criterion=criterion, threshold=threshold) for row in range(12)
+    ]
+    assert len(set(batched.exit_layers.tolist())) >= 2 and 4 in batched.exit_layers.tolist()
+    assert len({tuple(widths) for widths in batched.layer_widths.tolist()}) >= 3
+    assert torch.equal(torch.cat([s.exit_layers for s in singles]), batched.exit_layers)
+    assert torch.equal(torch.cat([s.layer_widths for s in singles]), batched.layer_widths)
+    torch.testing.assert_close(torch.cat([s.logits for s in singles]), batched.logits, atol=1e-5, rtol=0)
 
 
 def test_flops_add_up_the_layers_gates_ramps_and_head_each_row_ran(gated_model, batch, tiny_config):

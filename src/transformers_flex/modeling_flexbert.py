@@ -773,28 +773,30 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
     def _run_layer_by_width(
         self, layer: FlexBertLayer, hidden: torch.Tensor, mask: torch.Tensor, widths: torch.Tensor, lengths
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One layer with every row at its own width: rows sharing a width run as one dense batch, trimmed to their
-        longest row. Returns the new hidden states and each row's FLOPs."""
+        """One layer with every row at its own width. `widths` must be sorted, so that rows sharing a width form one
+        contiguous block: each block runs as one dense batch, trimmed to its longest row, and its output is written
+        back in place (no gather or scatter). Returns the new hidden states and each row's FLOPs."""
         config = self.config
-        groups = widths.unique().tolist()
-        if len(groups) == 1:  # the common case: one width for all rows, no gather/scatter
-            with layer.at_width(groups[0]):
+        block_widths, block_sizes = torch.unique_consecutive(widths, return_counts=True)
+        if len(block_widths) == 1:  # the common case: one width for all rows
+            with layer.at_width(float(block_widths[0])):
                 output, _ = layer(hidden, additive_attention_mask(mask, hidden.dtype))
                 heads, neurons = layer.active_heads, layer.active_intermediate_size
             return output, 2 * layer_macs(config.hidden_size, config.head_size, heads, neurons, lengths.double())
-        output = hidden.clone()
         flops = torch.zeros(len(widths), dtype=torch.float64, device=hidden.device)
-        for width in groups:
-            group = (widths == width).nonzero().squeeze(1)
-            longest = last_real_column(mask[group])
+        start = 0
+        for width, size in zip(block_widths.tolist(), block_sizes.tolist()):
+            block = slice(start, start + size)
+            longest = last_real_column(mask[block])
             with layer.at_width(width):
-                group_mask = additive_attention_mask(mask[group, :longest], hidden.dtype)
-                output[group, :longest], _ = layer(hidden[group, :longest], group_mask)
+                block_mask = additive_attention_mask(mask[block, :longest], hidden.dtype)
+                # The block's padding columns past `longest` keep their old (finite, never attended) states.
+                hidden[block, :longest], _ = layer(hidden[block, :longest], block_mask)
                 heads, neurons = layer.active_heads, layer.active_intermediate_size
-            flops[group] = 2 * layer_macs(
-                config.hidden_size, config.head_size, heads, neurons, lengths[group].double()
-            )
-        return output, flops
+            block_lengths = lengths[block].double()
+            flops[block] = 2 * layer_macs(config.hidden_size, config.head_size, heads, neurons, block_lengths)
+            start += size
+        return hidden, flops
 
     @torch.no_grad()
     def dynamic_forward(
@@ -852,6 +854,11 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
                 gate = gates[str(index)]
                 row_widths = gate_widths[gate(gate.pool(hidden, mask)).argmax(dim=-1)]
                 flops[rows] += gate_flops
+                # Rows sorted by width until the next gate: each width's rows are one contiguous block.
+                order = row_widths.argsort(stable=True)
+                rows, hidden, mask, row_widths = rows[order], hidden[order], mask[order], row_widths[order]
+                cls_states = {layer: states[order] for layer, states in cls_states.items()}
+                previous = None if previous is None else previous[order]
             widths = row_widths
             if widths is None:
                 widths = torch.full((len(rows),), static_widths[index], dtype=torch.float64, device=device)
@@ -859,7 +866,7 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
             flops[rows] += spent
             layer_widths[rows, index] = widths.float()
             if index + 1 in mixed_layers:
-                cls_states[index + 1] = hidden[:, 0]
+                cls_states[index + 1] = hidden[:, 0].clone()  # later width blocks write into `hidden` in place
             if index == encoder.active_layers[-1]:
                 logits[rows] = self.final_logits(hidden, cls_states).float()
                 exit_layers[rows] = index + 1
