@@ -1,0 +1,186 @@
+"""Where the batched dynamic engine's time goes (issue #4): per component, and how efficiently its layers run.
+
+Every variant runs `dynamic_forward` over a length-bucketed GLUE dev set; forward hooks time the embeddings, the
+encoder layers, the off-ramps, the width gates and the final head, and "bookkeeping" is the rest (masks, FLOPs
+counting, compaction, sorting rows by width). Variants: the static model at every training width, ramps only,
+gates only, gates + ramps. Rounds interleave the variants; the report gives medians.
+
+The layers' efficiency: each static width gives seconds per layer FLOP on full batches; a dynamic variant's layer
+time is compared with what its rows' layer FLOPs at each width would cost at that static efficiency. A ratio above
+1 is what running rows in smaller (per-width, after-exit) groups costs.
+
+    python benchmarks/engine_profile.py --task sst2 --model runs/dynamic/sst2/gates --threshold 0.2 \
+        --output benchmarks/results/engine_profile_sst2_cpu.json
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from dynamic_throughput import machine  # noqa: E402
+
+from transformers_flex import FlexBertForSequenceClassification  # noqa: E402
+from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
+from transformers_flex.evaluation import length_bucketed_batches  # noqa: E402
+from transformers_flex.modeling_flexbert import layer_macs, width_shape  # noqa: E402
+
+
+class ComponentTimer:
+    """Wall-clock seconds spent inside groups of modules, via forward pre/post hooks (CPU: ops are synchronous)."""
+
+    def __init__(self, model: FlexBertForSequenceClassification):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._started: dict[int, float] = {}
+        groups = {
+            "embeddings": [model.bert.embeddings],
+            "layers": list(model.bert.encoder.layer),
+            "ramps": list(model.off_ramps.values()),
+            "gates": list(model.width_gates.values()),
+            "head": [model.bert.pooler, model.classifier],
+        }
+        for name, modules in groups.items():
+            for module in modules:
+                module.register_forward_pre_hook(self._start)
+                module.register_forward_hook(lambda module, args, output, name=name: self._stop(module, name))
+
+    def _start(self, module, args) -> None:
+        self._started[id(module)] = time.perf_counter()
+
+    def _stop(self, module, name: str) -> None:
+        self.seconds[name] += time.perf_counter() - self._started.pop(id(module))
+
+    def measure(self, run) -> tuple[dict[str, float], list]:
+        """Run once; returns seconds per component (plus `total` and `bookkeeping`) and the outputs."""
+        self.seconds.clear()
+        start = time.perf_counter()
+        outputs = run()
+        total = time.perf_counter() - start
+        parts = dict(self.seconds)
+        return {**parts, "total": total, "bookkeeping": total - sum(parts.values())}, outputs
+
+
+def layer_flops_by_width(config, outputs: list, lengths: torch.Tensor) -> dict[float, float]:
+    """FLOPs of the encoder layers each row ran, split by the width it ran them at (from `layer_widths`)."""
+    widths = torch.cat([output.layer_widths for output in outputs]).double()
+    flops = {}
+    for width in widths.unique().tolist():
+        if width == 0:  # layers a row never ran (it had exited)
+            continue
+        heads, neurons = width_shape(config.num_attention_heads, config.intermediate_size, width)
+        per_row = 2 * layer_macs(config.hidden_size, config.head_size, heads, neurons, lengths.double())
+        flops[width] = float((per_row[:, None] * (widths == width)).sum())
+    return flops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--model", required=True, help="A model with off-ramps and width gates.")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threshold", type=float, default=0.2, help="Entropy threshold of the ramps.")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args()
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    dev = load_glue(args.task, args.data_dir)[GLUE_DEV_SPLIT[args.task]]
+    dev = tokenize_glue(dev, tokenizer, args.task).remove_columns("labels")
+    batches = length_bucketed_batches(dev, DataCollatorWithPadding(tokenizer), args.batch_size)
+    lengths = torch.cat([batch["attention_mask"].sum(dim=1) for batch in batches])
+    model = FlexBertForSequenceClassification.from_pretrained(args.model).eval()
+    if not (len(model.width_gates) and len(model.off_ramps)):
+        raise ValueError(f"{args.model} needs both off-ramps and width gates.")
+    timer = ComponentTimer(model)
+
+    def engine(width: float = 1.0, **settings):
+        def run() -> list:
+            with torch.no_grad(), model.subnet(width=width):
+                return [model.dynamic_forward(**batch, threshold=args.threshold, **settings) for batch in batches]
+
+        return run
+
+    variants = {
+        f"static w{width}": engine(width, use_gates=False, use_ramps=False) for width in model.config.width_mults
+    }
+    variants["ramps"] = engine(use_gates=False)
+    variants["gates"] = engine(use_ramps=False)
+    variants["gates + ramps"] = engine()
+    samples: dict[str, list[dict]] = defaultdict(list)
+    outputs = {}
+    for round_index in tqdm(range(args.rounds + 1), desc="rounds"):
+        for name, run in variants.items():
+            seconds, outputs[name] = timer.measure(run)
+            if round_index:  # the first round warms up
+                samples[name].append(seconds)
+
+    # Seconds per layer FLOP at each width, on full batches (the static variants).
+    static_rate = {}
+    for width in model.config.width_mults:
+        (flops,) = layer_flops_by_width(model.config, outputs[f"static w{width}"], lengths).values()
+        static_rate[width] = statistics.median(s["layers"] for s in samples[f"static w{width}"]) / flops
+    full_total = statistics.median(s["total"] for s in samples[f"static w{1.0}"])
+    full_flops = float(torch.cat([out.flops for out in outputs[f"static w{1.0}"]]).sum())
+    rows = []
+    for name, runs in samples.items():
+        medians = {part: statistics.median(run.get(part, 0.0) for run in runs) for part in runs[0]}
+        by_width = layer_flops_by_width(model.config, outputs[name], lengths)
+        at_static_rate = sum(flops * static_rate[width] for width, flops in by_width.items())
+        spent = float(torch.cat([out.flops for out in outputs[name]]).sum())
+        rows.append(
+            {
+                "variant": name,
+                "milliseconds": {part: 1000 * value for part, value in medians.items()},
+                "layers_at_static_efficiency_ms": 1000 * at_static_rate,
+                "layer_overhead": medians["layers"] / at_static_rate,
+                "flops_ideal_speedup": full_flops / spent,
+                "measured_speedup": full_total / medians["total"],
+            }
+        )
+    report = {
+        "command": "python benchmarks/engine_profile.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "task": args.task,
+        "dev_examples": len(dev),
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "rows": rows,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2))
+    print(format_table(rows))
+
+
+def format_table(rows: list[dict]) -> str:
+    parts = ["embeddings", "layers", "ramps", "gates", "head", "bookkeeping"]
+    lines = [
+        "| variant | total ms | " + " | ".join(parts) + " | layers at static efficiency | layer overhead | "
+        "speed-up (ideal) |",
+        "|---|" + "---|" * (len(parts) + 4),
+    ]
+    for row in rows:
+        ms = row["milliseconds"]
+        cells = [row["variant"], f"{ms['total']:.0f}", *(f"{ms.get(part, 0.0):.0f}" for part in parts)]
+        cells += [f"{row['layers_at_static_efficiency_ms']:.0f}", f"{row['layer_overhead']:.2f}×"]
+        cells.append(f"{row['measured_speedup']:.2f}× ({row['flops_ideal_speedup']:.2f}×)")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
