@@ -5,10 +5,11 @@ relative to the full static model):
   static        every (width, depth) sub-network, a plain forward (no ramps or gates run)
   entropy       off-ramps only, entropy thresholds (DeeBERT's criterion; FastBERT's normalised entropy gives the
                 same exits at thresholds scaled by 1/ln C, so it is the same curve)
-  patience      off-ramps only, PABEE's patience 1..4
+  patience      off-ramps only, PABEE's patience 1..4 (regression: at several agreement tolerances)
   gates         width gates only, with the gate classes remapped to other width lists (no retraining)
-  gates+entropy gates and ramps together (the Flexible BERT framework)
+  gates+entropy gates and ramps together (the Flexible BERT framework); regression: gates+patience
   geep          exit layers predicted from tokens (table fit on training examples), one full batch per layer
+Regression (STS-B) has no entropy: patience is its only exit criterion, so it gets no entropy or GEEP curve.
 plus the fine-tuned teacher (Stage 0). Writes JSON and a plot.
 
     python benchmarks/dynamic_tradeoffs.py --task sst2 --model runs/dynamic/sst2/gates \
@@ -20,6 +21,7 @@ import json
 import math
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,6 +55,9 @@ GATE_REMAPS = {
 }
 ENTROPY_FRACTIONS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]  # of ln C (the largest possible entropy)
 GATED_FRACTIONS = [0.1, 0.3, 0.5, 0.7]
+# Regression (STS-B, scores 0-5): two ramps agree when their scores differ by less than the tolerance.
+REGRESSION_TOLERANCES = [0.05, 0.1, 0.2, 0.4]
+GATED_TOLERANCE = 0.2
 GEEP_FRACTIONS = [0.1, 0.3, 0.5, 0.7]
 
 
@@ -102,8 +107,11 @@ def sweep_model(args, model, batches, train_batches) -> Sweep:
                 use_gates=False,
             )
     progress.update()
-    for patience in (1, 2, 3, 4):
-        sweep.run("patience", {"threshold": patience}, criterion="patience", threshold=patience, use_gates=False)
+    for tolerance in REGRESSION_TOLERANCES if regression else [None]:
+        for patience in (1, 2, 3, 4):
+            setting = {"threshold": patience} if tolerance is None else {"threshold": patience, "tolerance": tolerance}
+            with regression_tolerance(model, tolerance):
+                sweep.run("patience", setting, criterion="patience", threshold=patience, use_gates=False)
     progress.update()
     if len(model.width_gates):
         trained_widths = list(model.config.gate_widths)
@@ -112,7 +120,13 @@ def sweep_model(args, model, batches, train_batches) -> Sweep:
         for name, widths in GATE_REMAPS.items():
             model.config.gate_widths = trained_widths if widths is None else widths
             sweep.run("gates", {"gate_map": name, "gate_widths": model.config.gate_widths}, use_ramps=False)
-            if not regression:
+            if regression:
+                for patience in (1, 2):
+                    setting = {"gate_map": name, "gate_widths": model.config.gate_widths, "threshold": patience}
+                    with regression_tolerance(model, GATED_TOLERANCE):
+                        setting["tolerance"] = GATED_TOLERANCE
+                        sweep.run("gates+patience", setting, criterion="patience", threshold=patience)
+            else:
                 for fraction in GATED_FRACTIONS:
                     setting = {
                         "gate_map": name,
@@ -128,6 +142,17 @@ def sweep_model(args, model, batches, train_batches) -> Sweep:
     progress.update(2)
     progress.close()
     return sweep
+
+
+@contextmanager
+def regression_tolerance(model, tolerance: float | None):
+    """Patience's agreement tolerance for regression set to `tolerance` (None: unchanged) inside the block."""
+    previous = model.config.exit_regression_tolerance
+    model.config.exit_regression_tolerance = previous if tolerance is None else tolerance
+    try:
+        yield
+    finally:
+        model.config.exit_regression_tolerance = previous
 
 
 def geep_point(sweep: Sweep, model, train_batches: list[dict], threshold: float) -> None:
@@ -174,7 +199,7 @@ def best_points(points: list[dict], teacher: dict, flops_budget: float) -> dict:
 
 def describe(point: dict) -> str:
     """A point's settings in a few words."""
-    keys = [key for key in ("width", "depth", "gate_map", "threshold") if key in point]
+    keys = [key for key in ("width", "depth", "gate_map", "threshold", "tolerance") if key in point]
     settings = ", ".join(
         f"{key} {point[key]:.3g}" if isinstance(point[key], float) else f"{key} {point[key]}" for key in keys
     )
@@ -214,7 +239,15 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    styles = {"static": "s", "entropy": "o-", "patience": "^-", "gates": "D", "gates+entropy": ".", "geep": "v-"}
+    styles = {
+        "static": "s",
+        "entropy": "o-",
+        "patience": "^-",
+        "gates": "D",
+        "gates+entropy": ".",
+        "gates+patience": ".",
+        "geep": "v-",
+    }
     for method, style in styles.items():
         points = sorted((p for p in report["points"] if p["method"] == method), key=lambda p: p["relative_flops"])
         if points:
