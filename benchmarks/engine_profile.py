@@ -144,12 +144,15 @@ def main() -> None:
         at_static_rate = sum(flops * static_rate[width] for width, flops in by_width.items())
         at_full_width_rate = sum(by_width.values()) * static_rate[1.0]
         spent = float(torch.cat([out.flops for out in outputs[name]]).sum())
+        # Ramps, gates and head: their FLOPs at the full-width layers' efficiency, as a FLOPs-ideal speed-up counts.
+        rest_at_full_width_rate = (spent - sum(by_width.values())) * static_rate[1.0]
         rows.append(
             {
                 "variant": name,
                 "milliseconds": {part: 1000 * value for part, value in medians.items()},
                 "layers_at_full_width_efficiency_ms": 1000 * at_full_width_rate,
                 "layers_at_static_efficiency_ms": 1000 * at_static_rate,
+                "ramps_gates_head_at_full_width_efficiency_ms": 1000 * rest_at_full_width_rate,
                 "layer_overhead": medians["layers"] / at_static_rate,
                 "flops_ideal_speedup": full_flops / spent,
                 "measured_speedup": full_total / medians["total"],
@@ -173,14 +176,16 @@ def format_table(rows: list[dict]) -> str:
     parts = ["embeddings", "layers", "ramps", "gates", "head", "bookkeeping"]
     lines = [
         "| variant | total ms | " + " | ".join(parts) + " | layers at full-width efficiency | layers at static "
-        "efficiency of their widths | layer overhead | speed-up (ideal) |",
-        "|---|" + "---|" * (len(parts) + 5),
+        "efficiency of their widths | layer overhead | ramps + gates + head at full-width efficiency | "
+        "speed-up (ideal) |",
+        "|---|" + "---|" * (len(parts) + 6),
     ]
     for row in rows:
         ms = row["milliseconds"]
         cells = [row["variant"], f"{ms['total']:.0f}", *(f"{ms.get(part, 0.0):.0f}" for part in parts)]
         cells += [f"{row['layers_at_full_width_efficiency_ms']:.0f}", f"{row['layers_at_static_efficiency_ms']:.0f}"]
         cells.append(f"{row['layer_overhead']:.2f}×")
+        cells.append(f"{row['ramps_gates_head_at_full_width_efficiency_ms']:.0f}")
         cells.append(f"{row['measured_speedup']:.2f}× ({row['flops_ideal_speedup']:.2f}×)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
