@@ -6,6 +6,7 @@ FLOPs budget against the fine-tuned teacher, from the JSON files `benchmarks/dyn
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def headline(report: dict, flops_budget: float) -> dict:
     teacher = report["teacher"]
     points = report["points"]
     full = next(p for p in points if p["method"] == "static" and p["width"] == 1.0 and p["depth"] == 1.0)
-    dynamic = [p for p in points if p["method"] != "static"]
+    # NaN metrics (a constant prediction has no correlation) are never best; ties go to the cheaper point.
+    dynamic = [p for p in points if p["method"] != "static" and not math.isnan(p["metric"])]
     within = [p for p in dynamic if p["relative_flops"] <= flops_budget]
     matching = [p for p in dynamic if p["metric"] >= teacher["metric"]]
     return {

@@ -188,11 +188,14 @@ def teacher_point(sweep: Sweep, teacher_path: str) -> dict:
 
 def best_points(points: list[dict], teacher: dict, flops_budget: float) -> dict:
     """The best dynamic point within the FLOPs budget, and the cheapest point at least as good as the teacher."""
-    dynamic = [point for point in points if point["method"] not in ("static", "teacher")]
+    # NaN metrics (a constant prediction has no correlation) are never best; ties go to the cheaper point.
+    dynamic = [p for p in points if p["method"] not in ("static", "teacher") and not math.isnan(p["metric"])]
     within = [point for point in dynamic if point["relative_flops"] <= flops_budget]
     matching = [point for point in dynamic if point["metric"] >= teacher["metric"]]
     return {
-        f"best_within_{flops_budget}_flops": max(within, key=lambda p: p["metric"]) if within else None,
+        f"best_within_{flops_budget}_flops": (
+            max(within, key=lambda p: (p["metric"], -p["relative_flops"])) if within else None
+        ),
         "cheapest_matching_teacher": min(matching, key=lambda p: p["relative_flops"]) if matching else None,
     }
 

@@ -2,8 +2,9 @@
 
 Every variant runs `dynamic_forward` over a length-bucketed GLUE dev set; forward hooks time the embeddings, the
 encoder layers, the off-ramps, the width gates and the final head, and "bookkeeping" is the rest (masks, FLOPs
-counting, compaction, sorting rows by width). Variants: the static model at every training width, ramps only,
-gates only, gates + ramps. Rounds interleave the variants; the report gives medians.
+counting, the gates' mean pooling, exit criteria, compaction, sorting rows by width). Variants: the static model
+at every training width, ramps only, gates only, gates + ramps. Rounds interleave the variants; the report gives
+medians.
 
 The layers' efficiency: each static width gives seconds per layer FLOP on full batches; a dynamic variant's layer
 time is compared with what its rows' layer FLOPs would cost at the full width's efficiency (what a FLOPs-ideal
@@ -116,9 +117,8 @@ def main() -> None:
 
         return run
 
-    variants = {
-        f"static w{width}": engine(width, use_gates=False, use_ramps=False) for width in model.config.width_mults
-    }
+    widths = [float(width) for width in model.config.width_mults]
+    variants = {f"static w{width}": engine(width, use_gates=False, use_ramps=False) for width in widths}
     variants["ramps"] = engine(use_gates=False)
     variants["gates"] = engine(use_ramps=False)
     variants["gates + ramps"] = engine()
@@ -132,7 +132,7 @@ def main() -> None:
 
     # Seconds per layer FLOP at each width, on full batches (the static variants).
     static_rate = {}
-    for width in model.config.width_mults:
+    for width in widths:
         (flops,) = layer_flops_by_width(model.config, outputs[f"static w{width}"], lengths).values()
         static_rate[width] = statistics.median(s["layers"] for s in samples[f"static w{width}"]) / flops
     full_total = statistics.median(s["total"] for s in samples[f"static w{1.0}"])

@@ -53,12 +53,12 @@ def main() -> None:
 
     command = "python benchmarks/grafting_ablation.py " + " ".join(sys.argv[1:])
     results_path = Path(args.results)
-    # Other tasks' results already in the file stay; each task records the command that produced it.
+    # Other tasks' results already in the file stay; each run records the command that produced it.
     report = json.loads(results_path.read_text()) if results_path.exists() else {"tasks": {}}
-    report.pop("command", None)
     for task in args.tasks:
         metric = main_metric(task)
-        runs = []
+        # Seeds run earlier (by another command) stay; the seeds of this command are (re)collected.
+        runs = [run for run in report["tasks"].get(task, {}).get("runs", []) if run["seed"] not in args.seeds]
         for seed in args.seeds:
             base = Path(args.output_dir) / task / f"seed{seed}"
             grafted = run_width_stage(task, seed, True, base / "graft", extra)
@@ -69,6 +69,7 @@ def main() -> None:
             runs.append(
                 {
                     "seed": seed,
+                    "command": command,
                     "teacher": grafted["stages"]["teacher"]["metrics"][f"eval_{metric}"],
                     "graft": width_metrics(grafted["stages"]["width"], metric),
                     "no_graft": width_metrics(plain["stages"]["width"], metric),
@@ -79,7 +80,8 @@ def main() -> None:
                     },
                 }
             )
-            report["tasks"][task] = {"command": command, "metric": metric, "runs": runs, "summary": summarize(runs)}
+            runs.sort(key=lambda run: run["seed"])
+            report["tasks"][task] = {"metric": metric, "runs": runs, "summary": summarize(runs)}
             results_path.parent.mkdir(parents=True, exist_ok=True)
             results_path.write_text(json.dumps(report, indent=2))  # after every seed: partial results survive
     print(format_table(report))

@@ -27,19 +27,20 @@ from transformers_flex.metrics import glue_metrics  # noqa: E402
 
 
 @torch.no_grad()
-def ramp_outputs(model, batches: list[dict]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """`{1-based layer: logits}` of every ramp and the final head (the last layer), at the active sub-network."""
-    outputs: dict[int, list[torch.Tensor]] = {}
+def ramp_outputs(model, batches: list[dict]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`{name: logits}` of every ramp ("ramp after layer k") and of the final head, at the active sub-network."""
+    outputs: dict[str, list[torch.Tensor]] = {}
     labels = []
     for batch in batches:
         inputs = {key: value for key, value in batch.items() if key != "labels"}
         forward = model(**inputs, output_hidden_states=True)
-        answers = model.ramp_logits(forward.hidden_states, inputs["attention_mask"])
-        answers[model.config.num_hidden_layers] = forward.logits
-        for layer, logits in answers.items():
-            outputs.setdefault(layer, []).append(logits)
+        ramps = model.ramp_logits(forward.hidden_states, inputs["attention_mask"])
+        answers = {f"ramp after layer {layer}": logits for layer, logits in sorted(ramps.items())}
+        answers["final head"] = forward.logits
+        for name, logits in answers.items():
+            outputs.setdefault(name, []).append(logits)
         labels.append(batch["labels"])
-    return {layer: torch.cat(parts) for layer, parts in sorted(outputs.items())}, torch.cat(labels)
+    return {name: torch.cat(parts) for name, parts in outputs.items()}, torch.cat(labels)
 
 
 def main() -> None:
@@ -56,16 +57,17 @@ def main() -> None:
     model = FlexBertForSequenceClassification.from_pretrained(args.model, dynamic_inference=False).eval()
     outputs, labels = ramp_outputs(model, batches)
     rows = []
-    for layer, logits in outputs.items():
+    for name, logits in outputs.items():
         metrics = glue_metrics(args.task, logits.numpy(), labels.numpy())
         # Spread of the answer across dev inputs: std of each output unit, averaged over units.
-        rows.append({"layer": layer, **metrics, "output_std": float(logits.std(dim=0).mean())})
+        rows.append({"classifier": name, **metrics, "output_std": float(logits.std(dim=0).mean())})
     report = {
         "command": "python benchmarks/ramp_report.py " + " ".join(sys.argv[1:]),
         "task": args.task,
         "label_std": float(labels.float().std()),
         "rows": rows,
     }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))
     for row in rows:
         print(row)

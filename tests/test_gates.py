@@ -118,9 +118,11 @@ def test_rows_regrouped_by_width_keep_their_streaks_and_mixed_states(
     ]
     assert len(set(batched.exit_layers.tolist())) >= 2 and 4 in batched.exit_layers.tolist()
     assert len({tuple(widths) for widths in batched.layer_widths.tolist()}) >= 3
+    assert len(set(batched.layer_widths[:, 0].tolist())) >= 2  # the first block already runs several widths
     assert torch.equal(torch.cat([s.exit_layers for s in singles]), batched.exit_layers)
     assert torch.equal(torch.cat([s.layer_widths for s in singles]), batched.layer_widths)
     torch.testing.assert_close(torch.cat([s.logits for s in singles]), batched.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat([s.flops for s in singles]), batched.flops)
 
 
 def test_flops_add_up_the_layers_gates_ramps_and_head_each_row_ran(gated_model, batch, tiny_config):

@@ -773,9 +773,10 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
     def _run_layer_by_width(
         self, layer: FlexBertLayer, hidden: torch.Tensor, mask: torch.Tensor, widths: torch.Tensor, lengths
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One layer with every row at its own width. `widths` must be sorted, so that rows sharing a width form one
-        contiguous block: each block runs as one dense batch, trimmed to its longest row, and its output is written
-        back in place (no gather or scatter). Returns the new hidden states and each row's FLOPs."""
+        """One layer with every row at its own width. Each run of consecutive rows sharing a width (one run per width
+        when `widths` is sorted) runs as one dense batch, trimmed to its longest row. With one width the layer's
+        output is a new tensor; with several, each run's output is written back into `hidden` in place (no gather or
+        scatter), so callers must not keep views of `hidden`. Returns the new hidden states and each row's FLOPs."""
         config = self.config
         block_widths, block_sizes = torch.unique_consecutive(widths, return_counts=True)
         if len(block_widths) == 1:  # the common case: one width for all rows
