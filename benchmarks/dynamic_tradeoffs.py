@@ -34,7 +34,7 @@ from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from transformers_flex import FlexBertForSequenceClassification, subnet_flops  # noqa: E402
+from transformers_flex import FlexBertConfig, FlexBertForSequenceClassification, subnet_flops  # noqa: E402
 from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
 from transformers_flex.evaluation import (  # noqa: E402
     dynamic_predict,
@@ -174,6 +174,16 @@ def geep_point(sweep: Sweep, model, train_batches: list[dict], threshold: float)
     )
 
 
+def load_model(path: str, exit_layers: list[int] | None) -> FlexBertForSequenceClassification:
+    """The dynamic model, keeping only the trained off-ramps after `exit_layers` (None: all of them)."""
+    if exit_layers is None:
+        return FlexBertForSequenceClassification.from_pretrained(path).eval()
+    trained = FlexBertConfig.from_pretrained(path).exit_layers
+    if not set(exit_layers) <= set(trained):
+        raise SystemExit(f"--exit-layers {exit_layers}: the model has trained off-ramps only after layers {trained}.")
+    return FlexBertForSequenceClassification.from_pretrained(path, exit_layers=exit_layers).eval()
+
+
 def teacher_point(sweep: Sweep, teacher_path: str) -> dict:
     teacher = FlexBertForSequenceClassification.from_pretrained(teacher_path).eval()
     out = dynamic_predict(teacher, sweep.batches, use_gates=False, use_ramps=False)
@@ -282,6 +292,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--geep-train-examples", type=int, default=2000, help="Training examples for GEEP's table.")
     parser.add_argument("--flops-budget", type=float, default=0.6)
+    parser.add_argument(
+        "--exit-layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Run only the model's off-ramps after these layers (the others are dropped, nothing is retrained).",
+    )
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
 
@@ -293,7 +310,7 @@ def main() -> None:
     train = tokenize_glue(train, tokenizer, args.task)
     batches = length_bucketed_batches(dev, collate, args.batch_size)
     train_batches = length_bucketed_batches(train, collate, args.batch_size)
-    model = FlexBertForSequenceClassification.from_pretrained(args.model).eval()
+    model = load_model(args.model, args.exit_layers)
     torch.manual_seed(0)
     sweep = sweep_model(args, model, batches, train_batches)
     teacher = teacher_point(sweep, args.teacher)
