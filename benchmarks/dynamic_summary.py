@@ -6,40 +6,25 @@ FLOPs budget against the fine-tuned teacher, from the JSON files `benchmarks/dyn
 
 import argparse
 import json
-import math
 import statistics
 from pathlib import Path
 
-
-def describe(point: dict) -> str:
-    """A point's method and settings in a few words."""
-    settings = []
-    if "gate_map" in point:
-        settings.append(f"{point['gate_map']} gate map")
-    if "threshold" in point:
-        name = "patience" if point["method"].endswith("patience") else "entropy <"
-        settings.append(f"{name} {point['threshold']:.3g}")
-    if "tolerance" in point:
-        settings.append(f"tolerance {point['tolerance']:g}")
-    return f"{point['method']} ({', '.join(settings)})" if settings else point["method"]
+from dynamic_tradeoffs import best_points, describe
 
 
 def headline(report: dict, flops_budget: float) -> dict:
-    """Teacher, full-width model, best dynamic point within the budget, cheapest dynamic point matching the teacher."""
+    """Teacher, full-width model, best dynamic point within the budget, cheapest dynamic point matching the teacher
+    (picked as `dynamic_tradeoffs.py` picks them)."""
     teacher = report["teacher"]
-    points = report["points"]
-    full = next(p for p in points if p["method"] == "static" and p["width"] == 1.0 and p["depth"] == 1.0)
-    # NaN metrics (a constant prediction has no correlation) are never best; ties go to the cheaper point.
-    dynamic = [p for p in points if p["method"] != "static" and not math.isnan(p["metric"])]
-    within = [p for p in dynamic if p["relative_flops"] <= flops_budget]
-    matching = [p for p in dynamic if p["metric"] >= teacher["metric"]]
+    full = next(p for p in report["points"] if p["method"] == "static" and p["width"] == 1.0 and p["depth"] == 1.0)
+    best = best_points(report["points"], teacher, flops_budget)
     return {
         "task": report["task"],
         "metric": report["metric"],
         "teacher": teacher["metric"],
         "full_width": full["metric"],
-        "best_within_budget": max(within, key=lambda p: (p["metric"], -p["relative_flops"])) if within else None,
-        "cheapest_matching_teacher": min(matching, key=lambda p: p["relative_flops"]) if matching else None,
+        "best_within_budget": best[f"best_within_{flops_budget}_flops"],
+        "cheapest_matching_teacher": best["cheapest_matching_teacher"],
     }
 
 

@@ -124,8 +124,12 @@ def sweep_model(args, model, batches, train_batches) -> Sweep:
                 for patience in (1, 2):
                     setting = {"gate_map": name, "gate_widths": model.config.gate_widths, "threshold": patience}
                     with regression_tolerance(model, GATED_TOLERANCE):
-                        setting["tolerance"] = GATED_TOLERANCE
-                        sweep.run("gates+patience", setting, criterion="patience", threshold=patience)
+                        sweep.run(
+                            "gates+patience",
+                            {**setting, "tolerance": GATED_TOLERANCE},
+                            criterion="patience",
+                            threshold=patience,
+                        )
             else:
                 for fraction in GATED_FRACTIONS:
                     setting = {
