@@ -4,11 +4,14 @@
 
 For each run directory: the teacher, and every (width, depth) sub-network of the last stage with its dev metrics
 and FLOPs (analytic, per example at the dev set's real lengths, relative to the full model); one plot per task;
-one JSON with everything. Tables are printed as Markdown.
+one JSON with everything. Tables are printed as Markdown. With several tasks, also the issue's bars: the full-size
+sub-network against the teacher, width 0.5 (full depth) against the teacher, averaged over tasks, and the smallest
+sub-network's loss.
 """
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from transformers import AutoTokenizer
@@ -70,6 +73,52 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def bar_check(summaries: list[dict]) -> dict:
+    """Each task's main metric (points) for the teacher, the full-size, width-0.5 and smallest sub-networks."""
+    tasks = []
+    for summary in summaries:
+        metric = summary["metrics"][0]
+        teacher = 100 * summary["teacher"][metric]
+        by_subnet = {(row["width"], row["depth"]): row for row in summary["rows"]}
+        smallest = min(summary["rows"], key=lambda row: row["flops_ratio"])
+        tasks.append(
+            {
+                "task": summary["task"],
+                "metric": metric,
+                "teacher": teacher,
+                "full_minus_teacher": 100 * by_subnet[(1.0, 1.0)][metric] - teacher,
+                "width_0.5_minus_teacher": 100 * by_subnet[(0.5, 1.0)][metric] - teacher,
+                "smallest": {key: smallest[key] for key in ("width", "depth", "flops_ratio")},
+                "smallest_minus_teacher": 100 * smallest[metric] - teacher,
+            }
+        )
+    average = {
+        key: sum(task[key] for task in tasks) / len(tasks)
+        for key in ("full_minus_teacher", "width_0.5_minus_teacher", "smallest_minus_teacher")
+    }
+    return {"tasks": tasks, "average": average}
+
+
+def bar_markdown(bars: dict) -> str:
+    lines = [
+        "| task | metric | teacher | full − teacher | width 0.5 − teacher | smallest (FLOPs) − teacher |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task in bars["tasks"]:
+        smallest = task["smallest"]
+        lines.append(
+            f"| {task['task']} | {task['metric']} | {task['teacher']:.1f} | {task['full_minus_teacher']:+.1f} | "
+            f"{task['width_0.5_minus_teacher']:+.1f} | w{smallest['width']} d{smallest['depth']} "
+            f"({smallest['flops_ratio']:.3f}): {task['smallest_minus_teacher']:+.1f} |"
+        )
+    average = bars["average"]
+    lines.append(
+        f"| average | | | {average['full_minus_teacher']:+.1f} | {average['width_0.5_minus_teacher']:+.1f} | "
+        f"{average['smallest_minus_teacher']:+.1f} |"
+    )
+    return "\n".join(lines)
+
+
 def plot(summaries: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -101,9 +150,14 @@ def main() -> None:
     summaries = [summarize(Path(run)) for run in args.runs]
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(summaries, indent=2))
+    report = {"command": "python benchmarks/summarize_glue.py " + " ".join(sys.argv[1:]), "tasks": summaries}
+    if len(summaries) > 1:
+        report["bars"] = bar_check(summaries)
+    output.with_suffix(".json").write_text(json.dumps(report, indent=2))
     plot(summaries, output.with_suffix(".png"))
     print("\n\n".join(markdown(summary) for summary in summaries))
+    if "bars" in report:
+        print("\n" + bar_markdown(report["bars"]))
 
 
 if __name__ == "__main__":
