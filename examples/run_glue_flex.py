@@ -258,6 +258,12 @@ def main() -> None:
 
 
 def write_results(output_dir: Path, results: dict) -> None:
+    """Write `results.json` with the stages run now and any later stage an earlier run finished on disk."""
+    for stage in PIPELINE:
+        finished = output_dir / stage / "stage_results.json"
+        # A run stopped by --last_stage must not hide a stage that exists (e.g. width_depth trained before).
+        if stage not in results["stages"] and finished.exists():
+            results["stages"][stage] = json.loads(finished.read_text())
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     print(f"Wrote {output_dir / 'results.json'}")
 

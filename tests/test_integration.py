@@ -254,6 +254,10 @@ def test_glue_pipeline_example_runs_and_skips_finished_stages(data_dir, tmp_path
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads((tmp_path / "results.json").read_text()) == results  # every stage was found finished
     assert "train_runtime" not in second.stdout + second.stderr  # nothing was trained again
+    # Stopping earlier (as the grafting ablation does) still reports the width_depth stage found on disk.
+    shorter = subprocess.run([*command, "--last_stage", "width"], capture_output=True, text=True, timeout=900, env=env)
+    assert shorter.returncode == 0, shorter.stderr[-3000:]
+    assert json.loads((tmp_path / "results.json").read_text()) == results
 
 
 def test_glue_example_adds_ramps_then_gates_to_a_checkpoint(bert_checkpoint, tokenizer, data_dir, tmp_path):
