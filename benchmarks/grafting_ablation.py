@@ -14,6 +14,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,7 @@ def main() -> None:
     extra = [value for value in extra if value != "--"]
 
     sys.path.insert(0, str(ROOT / "src"))
+    from transformers_flex.data import GLUE_DEV_SPLIT, glue_num_labels, load_glue
     from transformers_flex.metrics import main_metric
 
     command = "python benchmarks/grafting_ablation.py " + " ".join(sys.argv[1:])
@@ -57,6 +59,10 @@ def main() -> None:
     report = json.loads(results_path.read_text()) if results_path.exists() else {"tasks": {}}
     for task in args.tasks:
         metric = main_metric(task)
+        majority_class = None  # a classification task's chance floor: always answer the most frequent dev label
+        if glue_num_labels(task) > 1:
+            labels = list(load_glue(task)[GLUE_DEV_SPLIT[task]]["label"])
+            majority_class = max(Counter(labels).values()) / len(labels)
         # Seeds run earlier (by another command) stay; the seeds of this command are (re)collected.
         runs = [run for run in report["tasks"].get(task, {}).get("runs", []) if run["seed"] not in args.seeds]
         for seed in args.seeds:
@@ -81,7 +87,12 @@ def main() -> None:
                 }
             )
             runs.sort(key=lambda run: run["seed"])
-            report["tasks"][task] = {"metric": metric, "runs": runs, "summary": summarize(runs)}
+            report["tasks"][task] = {
+                "metric": metric,
+                "majority_class": majority_class,
+                "runs": runs,
+                "summary": summarize(runs),
+            }
             results_path.parent.mkdir(parents=True, exist_ok=True)
             results_path.write_text(json.dumps(report, indent=2))  # after every seed: partial results survive
     print(format_table(report))
@@ -122,6 +133,9 @@ def format_table(report: dict) -> str:
                 f"{100 * diff[0]:+.1f} ± {100 * diff[1]:.1f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    for task, entry in report["tasks"].items():
+        if entry.get("majority_class") is not None:
+            lines.append(f"\n{task}: always answering the majority class scores {100 * entry['majority_class']:.1f}")
     return "\n".join(lines)
 
 
