@@ -2,8 +2,9 @@
 
 For every task and seed this runs `examples/run_glue_flex.py --flex_stage all --last_stage width` twice — with and
 without `--grafting` — the second run reusing the first run's teacher (so both start from identical weights), and
-collects the dev metric of every width. Runs are resumable: finished stages are skipped. Extra arguments after `--`
-go to run_glue_flex.py (epochs, learning rate, ...).
+collects the dev metric of every width. Runs are resumable: finished stages are skipped. The results file is re-read
+before each write, so commands for different seeds can run side by side on one file. Extra arguments after `--` go
+to run_glue_flex.py (epochs, learning rate, ...).
 
     python benchmarks/grafting_ablation.py --tasks mrpc --seeds 42 43 44 -- --num_train_epochs 3 --learning_rate 5e-5
 """
@@ -55,16 +56,14 @@ def main() -> None:
 
     command = "python benchmarks/grafting_ablation.py " + " ".join(sys.argv[1:])
     results_path = Path(args.results)
-    # Other tasks' results already in the file stay; each run records the command that produced it.
-    report = json.loads(results_path.read_text()) if results_path.exists() else {"tasks": {}}
+    report = {"tasks": {}}
     for task in args.tasks:
         metric = main_metric(task)
         majority_class = None  # a classification task's chance floor: always answer the most frequent dev label
         if glue_num_labels(task) > 1:
             labels = list(load_glue(task)[GLUE_DEV_SPLIT[task]]["label"])
             majority_class = max(Counter(labels).values()) / len(labels)
-        # Seeds run earlier (by another command) stay; the seeds of this command are (re)collected.
-        runs = [run for run in report["tasks"].get(task, {}).get("runs", []) if run["seed"] not in args.seeds]
+        collected = []
         for seed in args.seeds:
             base = Path(args.output_dir) / task / f"seed{seed}"
             grafted = run_width_stage(task, seed, True, base / "graft", extra)
@@ -72,7 +71,7 @@ def main() -> None:
             if not (plain_dir / "teacher").exists():
                 shutil.copytree(base / "graft" / "teacher", plain_dir / "teacher")
             plain = run_width_stage(task, seed, False, plain_dir, extra)
-            runs.append(
+            collected.append(
                 {
                     "seed": seed,
                     "command": command,
@@ -86,7 +85,12 @@ def main() -> None:
                     },
                 }
             )
-            runs.sort(key=lambda run: run["seed"])
+            # Re-read just before writing: other tasks and seeds, also those another command (e.g. a run of other
+            # seeds side by side) wrote meanwhile, stay; the seeds this command collected replace earlier values.
+            report = json.loads(results_path.read_text()) if results_path.exists() else {"tasks": {}}
+            ours = {run["seed"] for run in collected}
+            earlier = [run for run in report["tasks"].get(task, {}).get("runs", []) if run["seed"] not in ours]
+            runs = sorted(earlier + collected, key=lambda run: run["seed"])
             report["tasks"][task] = {
                 "metric": metric,
                 "majority_class": majority_class,
