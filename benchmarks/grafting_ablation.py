@@ -56,7 +56,6 @@ def main() -> None:
 
     command = "python benchmarks/grafting_ablation.py " + " ".join(sys.argv[1:])
     results_path = Path(args.results)
-    report = {"tasks": {}}
     for task in args.tasks:
         metric = main_metric(task)
         majority_class = None  # a classification task's chance floor: always answer the most frequent dev label
@@ -99,7 +98,7 @@ def main() -> None:
             }
             results_path.parent.mkdir(parents=True, exist_ok=True)
             results_path.write_text(json.dumps(report, indent=2))  # after every seed: partial results survive
-    print(format_table(report))
+    print(format_table(json.loads(results_path.read_text())))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
