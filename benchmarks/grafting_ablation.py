@@ -98,7 +98,9 @@ def main() -> None:
             }
             results_path.parent.mkdir(parents=True, exist_ok=True)
             results_path.write_text(json.dumps(report, indent=2))  # after every seed: partial results survive
-    print(format_table(json.loads(results_path.read_text())))
+    report = json.loads(results_path.read_text())
+    print(format_table(report))
+    plot_differences(report, results_path.with_suffix(".png"))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -140,6 +142,31 @@ def format_table(report: dict) -> str:
         if entry.get("majority_class") is not None:
             lines.append(f"\n{task}: always answering the majority class scores {100 * entry['majority_class']:.1f}")
     return "\n".join(lines)
+
+
+def plot_differences(report: dict, path: Path) -> None:
+    """One panel per task: grafting − no grafting at each width, a dot per seed and the mean ± std bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    tasks = list(report["tasks"].items())
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False, sharey=True)
+    for axis, (task, entry) in zip(axes[0], tasks):
+        runs = entry["runs"]
+        widths = list(runs[0]["graft"])
+        for position, width in enumerate(widths):
+            differences = [100 * (run["graft"][width] - run["no_graft"][width]) for run in runs]
+            axis.scatter([position] * len(differences), differences, color="tab:blue", alpha=0.5, s=18)
+            mean, std = mean_std(differences)
+            axis.errorbar(position + 0.15, mean, yerr=std, fmt="o", color="black", capsize=4)
+        axis.axhline(0, color="grey", linestyle="--", linewidth=1)
+        axis.set_xticks(range(len(widths)), [f"w {width}" for width in widths])
+        axis.set_title(f"{task}, dev {entry['metric']} ({len(runs)} seeds)")
+    axes[0][0].set_ylabel("grafting − no grafting (points)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
