@@ -28,13 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from dynamic_throughput import machine  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from dynamic_throughput import machine  # noqa: E402
 
 from transformers_flex import FlexBertForSequenceClassification  # noqa: E402
 from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402

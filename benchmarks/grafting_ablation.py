@@ -50,7 +50,6 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     extra = [value for value in extra if value != "--"]
 
-    sys.path.insert(0, str(ROOT / "src"))
     from transformers_flex.data import GLUE_DEV_SPLIT, glue_num_labels, load_glue
     from transformers_flex.metrics import main_metric
 

@@ -22,9 +22,6 @@ import torch  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
 from transformers_flex import FlexBertForSequenceClassification  # noqa: E402
 from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
 

@@ -17,9 +17,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
 from transformers_flex import FlexBertForSequenceClassification  # noqa: E402
 from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
 from transformers_flex.evaluation import length_bucketed_batches  # noqa: E402

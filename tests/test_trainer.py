@@ -60,9 +60,35 @@ def test_sandwich_keeps_largest_and_smallest():
 
 
 def test_grafting_schedule_skips_the_last_epoch():
-    steps = grafting_steps(max_steps=40, num_epochs=4, times_per_epoch=3)
+    steps = grafting_steps(steps_per_epoch=10, num_epochs=4, times_per_epoch=3)
     assert len(steps) == 9 and max(steps) < 30 and all(step % 10 != 0 for step in steps)
-    assert grafting_steps(max_steps=10, num_epochs=1, times_per_epoch=3) == set()
+    assert grafting_steps(steps_per_epoch=10, num_epochs=1, times_per_epoch=3) == set()
+    # Short epochs: never before the first update, never at an epoch's first step, never in the last epoch.
+    assert grafting_steps(steps_per_epoch=2, num_epochs=2, times_per_epoch=3) == {1}
+    assert grafting_steps(steps_per_epoch=1, num_epochs=3, times_per_epoch=3) == set()
+
+
+def test_grafts_follow_the_real_epoch_length(tiny_config, tmp_path, monkeypatch):
+    """1.5 epochs of 4 steps (6 steps): grafts before steps 1, 2 and 3 of the first epoch — not spaced by
+    max_steps / epochs = 3 steps, which would also have been right only for whole epochs."""
+    student, teacher = make_models(tiny_config)
+    args = make_args(
+        tmp_path, flex_stage="width", grafting=True, per_device_train_batch_size=4, max_steps=-1, num_train_epochs=1.5
+    )
+    trainer = FlexTrainer(
+        model=student,
+        args=args,
+        teacher_model=teacher,
+        importance_dataset=random_classification_dataset(8, seed=1),
+        train_dataset=random_classification_dataset(16),
+        data_collator=pad_collate,
+    )
+    grafted_at = []
+    monkeypatch.setattr(
+        "transformers_flex.trainer.graft", lambda *a, **k: grafted_at.append(trainer.state.global_step)
+    )
+    trainer.train()
+    assert trainer.state.global_step == 6 and grafted_at == [1, 2, 3]
 
 
 @pytest.mark.parametrize("stage", ["teacher", "width", "width_depth", "final"])
@@ -96,6 +122,7 @@ def test_gradient_accumulation_gives_the_same_update(tiny_config, tmp_path, stag
 
 
 def test_width_stage_trains_every_width_and_teacher_stays_frozen(tiny_config, tmp_path):
+    tiny_config.hidden_dropout_prob = tiny_config.attention_probs_dropout_prob = 0.0  # full width: zero gradient
     student, teacher = make_models(tiny_config)
     teacher_before = copy.deepcopy(teacher.state_dict())
     initial = copy.deepcopy(student.state_dict())
@@ -109,8 +136,12 @@ def test_width_stage_trains_every_width_and_teacher_stays_frozen(tiny_config, tm
     ).train()
     for name, value in teacher.state_dict().items():
         assert torch.equal(value, teacher_before[name])
-    # The student started equal to its teacher: only the narrow sub-networks' losses move it.
-    assert any(not torch.equal(value, initial[name]) for name, value in student.state_dict().items())
+    # The student started equal to its teacher: only the narrow sub-networks' losses move it (the full width alone
+    # moves it by rounding error, about 1e-10).
+    moved = max(
+        (value.float() - initial[name].float()).abs().max().item() for name, value in student.state_dict().items()
+    )
+    assert moved > 1e-4
 
 
 def test_every_subnet_is_evaluated_and_the_teacher_is_not_saved(tiny_config, tmp_path):
@@ -140,9 +171,45 @@ def test_every_subnet_is_evaluated_and_the_teacher_is_not_saved(tiny_config, tmp
     assert set(saved) == set(student.state_dict())
 
 
-def test_component_losses_are_logged(tiny_config, tmp_path):
+def test_a_step_sums_the_gradients_of_its_subnets(tiny_config, tmp_path):
+    """One training step's gradient is the sum of each sub-network's own loss gradient (DynaBERT accumulates)."""
+    tiny_config.hidden_dropout_prob = tiny_config.attention_probs_dropout_prob = 0.0  # same forward either way
     student, teacher = make_models(tiny_config)
-    args = make_args(tmp_path, flex_stage="width", max_steps=2, logging_steps=1)
+    data = random_classification_dataset(8)
+    trainer = FlexTrainer(
+        model=student,
+        args=make_args(tmp_path, flex_stage="width_depth", subnet_sampling="all"),
+        teacher_model=teacher,
+        train_dataset=data,
+        data_collator=pad_collate,
+    )
+    batch = trainer._prepare_inputs(pad_collate([data[i] for i in range(len(data))]))
+    expected = {name: torch.zeros_like(p) for name, p in student.named_parameters()}
+    for width, depth in stage_subnets(student.config, "width_depth"):
+        student.zero_grad(set_to_none=True)
+        with student.subnet(width=width, depth=depth):
+            trainer.subnet_loss(student, batch, width, {})[0].backward()
+        for name, p in student.named_parameters():
+            if p.grad is not None:
+                expected[name] += p.grad
+    student.zero_grad(set_to_none=True)
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which this call bypasses
+    trainer.training_step(student, batch)
+    for name, p in student.named_parameters():
+        torch.testing.assert_close(p.grad if p.grad is not None else torch.zeros_like(p), expected[name])
+
+
+def test_component_losses_are_logged(tiny_config, tmp_path):
+    """The logged parts make up the logged loss (λ-weighted), also under gradient accumulation."""
+    student, teacher = make_models(tiny_config)
+    args = make_args(
+        tmp_path,
+        flex_stage="width",
+        max_steps=2,
+        logging_steps=1,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+    )
     trainer = FlexTrainer(
         model=student,
         args=args,
@@ -153,6 +220,10 @@ def test_component_losses_are_logged(tiny_config, tmp_path):
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logged) == 2 and all(entry["loss_logits"] > 0 and entry["loss_hidden"] > 0 for entry in logged)
+    lambda_logits, lambda_hidden = args.loss_weights()
+    for entry in logged:  # every value is rounded to 4 decimals
+        parts = lambda_logits * entry["loss_logits"] + lambda_hidden * entry["loss_hidden"]
+        assert entry["loss"] == pytest.approx(parts, abs=2e-4)
 
 
 class StopAt(TrainerCallback):
@@ -360,6 +431,17 @@ def test_ramp_training_modes_train_what_their_papers_train(tiny_config, tmp_path
     assert bool(backbone_changed) == backbone_learns
     if mode == "self_distill":
         assert not any(name.startswith("classifier.") for name in changed)
+
+
+@pytest.mark.parametrize("stage", ["ramps", "gates"])
+def test_ramps_and_gates_refuse_ddp_before_touching_the_model(tiny_config, tmp_path, monkeypatch, stage):
+    """Their heads run outside the DDP-wrapped forward; the error comes before any parameter is frozen."""
+    student, _ = make_models(tiny_config)
+    args = make_args(tmp_path, flex_stage=stage)
+    monkeypatch.setattr(FlexTrainingArguments, "world_size", property(lambda self: 2))
+    with pytest.raises(ValueError, match="one process"):
+        FlexTrainer(model=student, args=args, data_collator=pad_collate)
+    assert all(p.requires_grad for p in student.parameters())
 
 
 def test_ramps_stage_needs_ramps(tiny_config, tmp_path):

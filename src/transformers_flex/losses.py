@@ -38,7 +38,9 @@ def teacher_layer_for_student(student_layers: list[int], num_teacher_layers: int
     """Teacher hidden-state index each student hidden state imitates (0 = embeddings).
 
     Student hidden state j > 0 comes from layer `student_layers[j-1]` (0-based) and imitates the teacher's output of
-    that layer; the student's last hidden state always imitates the teacher's last (ALGORITHMS.md §2).
+    that layer; the student's last hidden state always imitates the teacher's last (ALGORITHMS.md §2). With the
+    every_other rule, `student_layers` is `[floor(i/d)]` and this is §2's `kept`; with the prefix rule it is the first
+    n layers, each imitating the same layer of the teacher.
     """
     mapping = [0] + [layer + 1 for layer in student_layers]
     mapping[-1] = num_teacher_layers

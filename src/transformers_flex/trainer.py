@@ -16,7 +16,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
 from .evaluation import subnet_grid
@@ -52,14 +53,16 @@ def sandwich_subnets(subnets: list[Subnet], num_random: int, rng: random.Random)
     return [subnets[0]] + [subnets[i] for i in sorted(drawn)] + [subnets[-1]]
 
 
-def grafting_steps(max_steps: int, num_epochs: int, times_per_epoch: int) -> set[int]:
-    """Global steps before which grafting happens: evenly inside every epoch but the last."""
-    steps_per_epoch = max_steps / num_epochs
-    return {
-        round(epoch * steps_per_epoch + k * steps_per_epoch / (times_per_epoch + 1))
-        for epoch in range(num_epochs - 1)
-        for k in range(1, times_per_epoch + 1)
-    }
+def grafting_steps(steps_per_epoch: int, num_epochs: int, times_per_epoch: int) -> set[int]:
+    """Global steps before which grafting happens: evenly inside every epoch but the last, never before an epoch's
+    first step (so never before any training, nor in the last epoch); none when an epoch has a single step."""
+    steps = set()
+    for epoch in range(num_epochs - 1):
+        first, last = epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch - 1
+        for k in range(1, times_per_epoch + 1):
+            step = round(first + k * steps_per_epoch / (times_per_epoch + 1))
+            steps.add(min(max(step, first + 1), last))  # short epochs: keep every graft strictly inside its epoch
+    return steps if steps_per_epoch > 1 else set()
 
 
 def prepare_ramp_training(model: nn.Module, mode: str) -> None:
@@ -117,13 +120,15 @@ class FlexTrainer(Trainer):
             raise ValueError("`teacher_model` must be a separate copy of the model (it is frozen).")
         if args.grafting and importance_dataset is None:
             raise ValueError("Grafting needs `importance_dataset` (held-out training examples with labels).")
+        if args.flex_stage in ("ramps", "gates") and args.world_size > 1:
+            # Off-ramps and gates run outside the DDP-wrapped forward, so DDP would not all-reduce their gradients.
+            raise ValueError(
+                f"The {args.flex_stage} stage trains in one process (it is small): run it without torchrun."
+            )
         if args.flex_stage == "ramps":
             prepare_ramp_training(model, args.ramp_training)
         if args.flex_stage == "gates":
             prepare_gate_training(model)
-            if args.world_size > 1:
-                # The gates run outside the DDP-wrapped forward, so their gradients would not be all-reduced.
-                raise ValueError("The gates stage trains in one process (it is small): run it without torchrun.")
         super().__init__(model=model, args=args, **kwargs)
         self.teacher_model = None
         if teacher_model is not None:
@@ -132,6 +137,7 @@ class FlexTrainer(Trainer):
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps = 0
         self._last_graft_step: int | None = None
+        self._grafting_schedule: set[int] = set()  # set when training starts, from the real epoch length
         self._gate_class_weights: torch.Tensor | None = None
 
     # --- which sub-networks ------------------------------------------------------------------------------------
@@ -309,6 +315,18 @@ class FlexTrainer(Trainer):
 
     # --- grafting ----------------------------------------------------------------------------------------------
 
+    def set_initial_training_values(self, args: TrainingArguments, dataloader: DataLoader) -> tuple:
+        """Trainer's epoch and step counts; the grafting schedule is derived from them here (also on resume)."""
+        values = super().set_initial_training_values(args, dataloader)
+        num_train_epochs, num_update_steps_per_epoch = values[:2]
+        if self.args.grafting and self.args.flex_stage == "width":
+            if not has_length(dataloader):
+                raise ValueError("Grafting is scheduled per epoch: it needs a training set with a length.")
+            self._grafting_schedule = grafting_steps(
+                num_update_steps_per_epoch, num_train_epochs, self.args.grafting_times_per_epoch
+            )
+        return values
+
     def _maybe_graft(self) -> None:
         """Graft before the first micro-batch of each scheduled step (once per step, also after a resume)."""
         if (
@@ -317,13 +335,15 @@ class FlexTrainer(Trainer):
             or self.state.global_step == self._last_graft_step
         ):
             return
-        schedule = grafting_steps(
-            self.state.max_steps, math.ceil(self.state.num_train_epochs), self.args.grafting_times_per_epoch
-        )
-        if self.state.global_step not in schedule:
+        if self.state.global_step not in self._grafting_schedule:
             return
         self._last_graft_step = self.state.global_step
         importance = compute_importance(self.flex_model, self.importance_dataloader(), show_progress=False)
+        if self.args.world_size > 1:
+            # Ranks score the same held-out data, but GPU kernels are not bit-deterministic: near-ties could pair units
+            # differently and DDP never re-syncs parameters, so every rank grafts with rank 0's scores.
+            for scores in (*importance.heads, *importance.neurons):
+                torch.distributed.broadcast(scores, src=0)
         alpha = None if self.args.grafting_alpha_mode == "entropy" else self.args.grafting_alpha
         graft(self.flex_model, importance, alpha=alpha, entropy_c=self.args.grafting_entropy_c)
         logger.info(f"Grafted at step {self.state.global_step}.")
@@ -336,6 +356,7 @@ class FlexTrainer(Trainer):
     # --- logging and evaluation --------------------------------------------------------------------------------
 
     def _record_components(self, components: dict[str, torch.Tensor]) -> None:
+        """Add one micro-batch's loss parts (summed over its sub-networks) to the current logging window's sums."""
         for key, value in components.items():
             self._component_sums[key] = self._component_sums.get(key, 0) + value
         self._component_steps += 1
@@ -343,8 +364,12 @@ class FlexTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean per-component losses (summed over a step's sub-networks) to training logs."""
         if "loss" in logs and self._component_steps:
-            for key, total in self._component_sums.items():
-                logs[key] = round(float(total) / self._component_steps, 4)
+            keys = sorted(self._component_sums)  # every rank trains the same sub-networks, so has the same keys
+            sums = torch.stack([torch.as_tensor(self._component_sums[key]) for key in keys])
+            if self.args.world_size > 1:  # like `loss`, the mean over ranks (every rank logs)
+                sums = self.accelerator.reduce(sums, reduction="mean")
+            for key, total in zip(keys, sums.tolist()):
+                logs[key] = round(total / self._component_steps, 4)
             self._component_sums, self._component_steps = {}, 0
         super().log(logs, start_time)
 
