@@ -111,6 +111,8 @@ def stage_arguments(args: FlexTrainingArguments, stage: str, output_dir: Path) -
     stage_args.flex_stage = stage
     stage_args.output_dir = str(output_dir / stage)
     stage_args.grafting = args.grafting and stage == "width"
+    if stage_args.ddp_find_unused_parameters is None:  # unset by the user: only sub-network stages need the search
+        stage_args.ddp_find_unused_parameters = stage != "teacher"
     return stage_args
 
 
@@ -142,6 +144,19 @@ def train_stage(stage_args, model, teacher, data, collator, compute_metrics) -> 
     return summary
 
 
+def load_teacher(path: str, num_labels: int) -> FlexBertForSequenceClassification:
+    """The teacher of a single distillation stage: a fine-tuned checkpoint (a fresh classifier would teach noise)."""
+    teacher, loading = FlexBertForSequenceClassification.from_pretrained(
+        path, num_labels=num_labels, output_loading_info=True
+    )
+    if any(key.startswith("classifier.") for key in loading["missing_keys"]):
+        raise SystemExit(
+            f"The teacher {path!r} has no trained classifier: pass a fine-tuned one with --teacher_name_or_path "
+            "(e.g. the output of --flex_stage teacher), or run the whole pipeline with --flex_stage all."
+        )
+    return teacher
+
+
 def load_stage(stage_dir: Path):
     """A finished stage's model and results, or (None, None)."""
     results = stage_dir / "stage_results.json"
@@ -163,6 +178,9 @@ def main() -> None:
     task = data_args.task_name
     backbone = model_args.model_name_or_path or default_backbone_path()
     tokenizer = AutoTokenizer.from_pretrained(backbone)
+    teacher = None  # a single distillation stage's; checked before any data work
+    if training_args.flex_stage in ("width", "width_depth"):
+        teacher = load_teacher(model_args.teacher_name_or_path or backbone, glue_num_labels(task))
 
     raw = load_glue(task, data_args.data_dir, hub_dataset=data_args.dataset_name)
     if GLUE_DEV_SPLIT[task] not in raw or "train" not in raw:
@@ -197,12 +215,7 @@ def main() -> None:
         return model
 
     if training_args.flex_stage != PIPELINE_STAGE:
-        model = fresh_model()
-        teacher = None
-        if training_args.flex_stage in ("width", "width_depth"):
-            teacher_path = model_args.teacher_name_or_path or backbone
-            teacher = FlexBertForSequenceClassification.from_pretrained(teacher_path, num_labels=num_labels)
-        summary = train_stage(training_args, model, teacher, data, collator, compute_metrics)
+        summary = train_stage(training_args, fresh_model(), teacher, data, collator, compute_metrics)
         tokenizer.save_pretrained(training_args.output_dir)
         print(json.dumps(summary["metrics"], indent=2))
         return

@@ -51,6 +51,19 @@ def backbone_path() -> str:
 
 
 @pytest.fixture(scope="session")
+def run_glue_flex():
+    """examples/run_glue_flex.py imported as a module, to call its functions directly."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "run_glue_flex.py"
+    spec = importlib.util.spec_from_file_location("run_glue_flex", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
 def data_dir():
     path = default_data_dir()
     if path is None:

@@ -260,6 +260,24 @@ def test_glue_pipeline_example_runs_and_skips_finished_stages(data_dir, tmp_path
     assert json.loads((tmp_path / "results.json").read_text()) == results
 
 
+def test_single_distillation_stage_needs_a_trained_teacher(run_glue_flex, bert_checkpoint, backbone_path, tmp_path):
+    """`--flex_stage width` whose teacher is the raw backbone (the default) stops with a clear error before any data
+    work or output; a fine-tuned checkpoint is accepted as teacher."""
+    script = Path(__file__).resolve().parents[1] / "examples" / "run_glue_flex.py"
+    output_dir = tmp_path / "width"
+    command = [sys.executable, str(script), "--task_name", "mrpc", "--output_dir", str(output_dir)]
+    command += ["--flex_stage", "width", "--use_cpu", "--report_to", "none"]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert refused.returncode != 0 and "has no trained classifier" in refused.stderr
+    assert not output_dir.exists()
+    with pytest.raises(SystemExit, match="no trained classifier"):
+        run_glue_flex.load_teacher(backbone_path, num_labels=2)
+    teacher = run_glue_flex.load_teacher(str(bert_checkpoint), num_labels=2)
+    expected = BertForSequenceClassification.from_pretrained(bert_checkpoint).classifier.weight
+    assert torch.equal(teacher.classifier.weight, expected)
+
+
 def test_glue_example_adds_ramps_then_gates_to_a_checkpoint(bert_checkpoint, tokenizer, data_dir, tmp_path):
     """The dynamic stages of examples/run_glue_flex.py: new off-ramps start as copies of the final head, then the
     gates stage trains only the gates on top of the ramps checkpoint."""

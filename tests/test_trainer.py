@@ -321,6 +321,16 @@ def test_bf16_mixed_precision_trains(tiny_config, tmp_path):
     assert any(not torch.equal(v, initial[k]) for k, v in student.state_dict().items())
 
 
+def test_pipeline_searches_unused_parameters_only_in_subnet_stages(run_glue_flex, tmp_path):
+    """Under DDP, the teacher stage of `--flex_stage all` trains every parameter: no per-step graph search."""
+    args = make_args(tmp_path, flex_stage="all")
+    assert args.ddp_find_unused_parameters is None  # decided per stage
+    for stage, search in (("teacher", False), ("width", True), ("width_depth", True)):
+        assert run_glue_flex.stage_arguments(args, stage, tmp_path).ddp_find_unused_parameters is search
+    chosen = make_args(tmp_path, flex_stage="all", ddp_find_unused_parameters=False)
+    assert run_glue_flex.stage_arguments(chosen, "width", tmp_path).ddp_find_unused_parameters is False
+
+
 def test_bad_trainer_setups_are_clear_errors(tiny_config, tmp_path):
     student, teacher = make_models(tiny_config)
     with pytest.raises(ValueError, match="teacher"):
