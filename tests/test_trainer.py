@@ -345,6 +345,10 @@ def test_bad_trainer_setups_are_clear_errors(tiny_config, tmp_path):
         )
     with pytest.raises(ValueError, match="flex_stage"):
         make_args(tmp_path, flex_stage="everything")
+    deepspeed = make_args(tmp_path, flex_stage="final")
+    deepspeed.deepspeed = "ds_config.json"  # set after validation: DeepSpeed itself is not installed here
+    with pytest.raises(ValueError, match="DeepSpeed"):
+        FlexTrainer(model=student, args=deepspeed, data_collator=pad_collate)
     with pytest.raises(ValueError, match="width stage"):
         make_args(tmp_path, flex_stage="width_depth", grafting=True)
 

@@ -120,6 +120,12 @@ class FlexTrainer(Trainer):
             raise ValueError("`teacher_model` must be a separate copy of the model (it is frozen).")
         if args.grafting and importance_dataset is None:
             raise ValueError("Grafting needs `importance_dataset` (held-out training examples with labels).")
+        if args.deepspeed and args.flex_stage in ("width", "width_depth", "final"):
+            # DeepSpeed's engine counts every backward as a micro-batch; these stages run one per sub-network.
+            raise ValueError(
+                f"The {args.flex_stage} stage runs one backward per sub-network, which DeepSpeed's engine cannot "
+                "accumulate into one step: train with DDP (torchrun) instead."
+            )
         if args.flex_stage in ("ramps", "gates") and args.world_size > 1:
             # Off-ramps and gates run outside the DDP-wrapped forward, so DDP would not all-reduce their gradients.
             raise ValueError(
@@ -170,6 +176,8 @@ class FlexTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
         self._maybe_graft()
         model.train()
+        if callable(getattr(self.optimizer, "train", None)):  # schedule-free optimizers switch modes, as in Trainer
+            self.optimizer.train()
         inputs = self._prepare_inputs(inputs)
         flex = self.flex_model
         teacher_cache: dict[float, Mapping] = {}
@@ -196,7 +204,7 @@ class FlexTrainer(Trainer):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of the active sub-network and its named parts."""
         if self.args.flex_stage == "final":
-            loss = model(**inputs).loss
+            loss = model(**inputs).loss.mean()  # mean: DataParallel (several GPUs, one process) returns one per GPU
             return loss, {"loss_ce": loss}
         model_inputs = {
             key: value for key, value in inputs.items() if key not in ("labels", "start_positions", "end_positions")
