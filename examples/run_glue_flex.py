@@ -165,6 +165,67 @@ def load_stage(stage_dir: Path):
     return FlexBertForSequenceClassification.from_pretrained(stage_dir), json.loads(results.read_text())
 
 
+def prepare_data(task: str, data_args: DataArguments, tokenizer, seed: int) -> dict:
+    """Tokenized `train`, `heldout` (importance examples set aside from train) and `dev` splits."""
+    raw = load_glue(task, data_args.data_dir, hub_dataset=data_args.dataset_name)
+    if GLUE_DEV_SPLIT[task] not in raw or "train" not in raw:
+        raise SystemExit(f"{task}: the dataset has no train/{GLUE_DEV_SPLIT[task]} split to train and evaluate on.")
+    train, heldout = split_train_heldout(raw["train"], data_args.max_train_samples, data_args.importance_samples, seed)
+    dev = raw[GLUE_DEV_SPLIT[task]]
+    if data_args.max_eval_samples is not None:
+        dev = dev.select(range(min(data_args.max_eval_samples, len(dev))))
+    return {
+        name: tokenize_glue(split, tokenizer, task, data_args.max_seq_length)
+        for name, split in (("train", train), ("heldout", heldout), ("dev", dev))
+    }
+
+
+def fresh_model(path: str, num_labels: int, model_args: ModelArguments) -> FlexBertForSequenceClassification:
+    """The checkpoint with the command line's architecture overrides; new off-ramps may start as the final head."""
+    overrides = {
+        name: value
+        for name in ("depth_rule", "exit_layers", "ramp_type", "gate_block_size")
+        if (value := getattr(model_args, name)) is not None
+    }
+    model, loading = FlexBertForSequenceClassification.from_pretrained(
+        path, num_labels=num_labels, output_loading_info=True, **overrides
+    )
+    new_ramps = {int(key.split(".")[1]) for key in loading["missing_keys"] if key.startswith("off_ramps.")}
+    if new_ramps and model_args.copy_head_to_new_ramps and model.config.ramp_type == "pooler":
+        model.copy_head_to_off_ramps(sorted(new_ramps))  # new ramps start as the final head (Flexible BERT)
+    return model
+
+
+def run_pipeline(args: FlexTrainingArguments, stages: tuple[str, ...], make_model, train, heldout_loader) -> dict:
+    """teacher -> rewiring -> width -> width_depth up to the last of `stages`; finished stages are loaded, not
+    retrained. `train(stage, model, teacher)` trains one stage and returns its summary."""
+    output_dir = Path(args.output_dir)
+    summaries = {}
+    # Stage 0: the teacher (plain fine-tuning), which is also the baseline.
+    teacher, summaries["teacher"] = load_stage(output_dir / "teacher")
+    if teacher is None:
+        teacher = make_model()
+        summaries["teacher"] = train("teacher", teacher, None)
+    if "width" not in stages:
+        return summaries
+
+    # Rewiring: heads and neurons sorted by importance on held-out training data; the function is unchanged.
+    width_model, summaries["width"] = load_stage(output_dir / "width")
+    if width_model is None:
+        rewire(teacher, compute_importance(teacher, heldout_loader))
+        width_model = copy.deepcopy(teacher)
+        summaries["width"] = train("width", width_model, teacher)
+    if "width_depth" not in stages:
+        return summaries
+
+    # Stage 2: every width and depth, taught by the width model.
+    depth_model, summaries["width_depth"] = load_stage(output_dir / "width_depth")
+    if depth_model is None:
+        depth_model = copy.deepcopy(width_model)
+        summaries["width_depth"] = train("width_depth", depth_model, width_model)
+    return summaries
+
+
 def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, PipelineArguments, FlexTrainingArguments))
     if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
@@ -173,101 +234,40 @@ def main() -> None:
         model_args, data_args, pipeline_args, training_args = parser.parse_args_into_dataclasses()
     if pipeline_args.last_stage not in PIPELINE:
         raise SystemExit(f"--last_stage must be one of {PIPELINE}, got {pipeline_args.last_stage!r}.")
-    stages = PIPELINE[: PIPELINE.index(pipeline_args.last_stage) + 1]
     set_seed(training_args.seed)
     task = data_args.task_name
+    num_labels = glue_num_labels(task)
     backbone = model_args.model_name_or_path or default_backbone_path()
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     teacher = None  # a single distillation stage's; checked before any data work
     if training_args.flex_stage in ("width", "width_depth"):
-        teacher = load_teacher(model_args.teacher_name_or_path or backbone, glue_num_labels(task))
-
-    raw = load_glue(task, data_args.data_dir, hub_dataset=data_args.dataset_name)
-    if GLUE_DEV_SPLIT[task] not in raw or "train" not in raw:
-        raise SystemExit(f"{task}: the dataset has no train/{GLUE_DEV_SPLIT[task]} split to train and evaluate on.")
-    train, heldout = split_train_heldout(
-        raw["train"], data_args.max_train_samples, data_args.importance_samples, training_args.seed
-    )
-    dev = raw[GLUE_DEV_SPLIT[task]]
-    if data_args.max_eval_samples is not None:
-        dev = dev.select(range(min(data_args.max_eval_samples, len(dev))))
-    data = {
-        name: tokenize_glue(split, tokenizer, task, data_args.max_seq_length)
-        for name, split in (("train", train), ("heldout", heldout), ("dev", dev))
-    }
+        teacher = load_teacher(model_args.teacher_name_or_path or backbone, num_labels)
+    data = prepare_data(task, data_args, tokenizer, training_args.seed)
     collator = DataCollatorWithPadding(tokenizer)
     compute_metrics = glue_compute_metrics(task)
-    num_labels = glue_num_labels(task)
-    output_dir = Path(training_args.output_dir)
-
-    def fresh_model():
-        overrides = {
-            name: value
-            for name in ("depth_rule", "exit_layers", "ramp_type", "gate_block_size")
-            if (value := getattr(model_args, name)) is not None
-        }
-        model, loading = FlexBertForSequenceClassification.from_pretrained(
-            backbone, num_labels=num_labels, output_loading_info=True, **overrides
-        )
-        new_ramps = {int(key.split(".")[1]) for key in loading["missing_keys"] if key.startswith("off_ramps.")}
-        if new_ramps and model_args.copy_head_to_new_ramps and model.config.ramp_type == "pooler":
-            model.copy_head_to_off_ramps(sorted(new_ramps))  # new ramps start as the final head (Flexible BERT)
-        return model
 
     if training_args.flex_stage != PIPELINE_STAGE:
-        summary = train_stage(training_args, fresh_model(), teacher, data, collator, compute_metrics)
+        model = fresh_model(backbone, num_labels, model_args)
+        summary = train_stage(training_args, model, teacher, data, collator, compute_metrics)
         tokenizer.save_pretrained(training_args.output_dir)
         print(json.dumps(summary["metrics"], indent=2))
         return
 
-    results = {
-        "task": task,
-        "backbone": backbone,
-        "train_examples": len(train),
-        "dev_examples": len(dev),
-        "stages": {},
-    }
-    # Stage 0: the teacher (plain fine-tuning), which is also the baseline.
-    teacher, summary = load_stage(output_dir / "teacher")
-    if teacher is None:
-        teacher = fresh_model()
-        summary = train_stage(
-            stage_arguments(training_args, "teacher", output_dir), teacher, None, data, collator, compute_metrics
-        )
-    results["stages"]["teacher"] = summary
-    if "width" not in stages:
-        return write_results(output_dir, results)
+    output_dir = Path(training_args.output_dir)
 
-    # Rewiring: heads and neurons sorted by importance on held-out training data; the function is unchanged.
-    width_model, summary = load_stage(output_dir / "width")
-    if width_model is None:
-        heldout_loader = DataLoader(
-            data["heldout"], batch_size=training_args.importance_batch_size, collate_fn=collator
-        )
-        rewire(teacher, compute_importance(teacher, heldout_loader))
-        width_model = copy.deepcopy(teacher)
-        summary = train_stage(
-            stage_arguments(training_args, "width", output_dir), width_model, teacher, data, collator, compute_metrics
-        )
-    results["stages"]["width"] = summary
-    if "width_depth" not in stages:
-        return write_results(output_dir, results)
+    def train(stage, model, stage_teacher):
+        stage_args = stage_arguments(training_args, stage, output_dir)
+        return train_stage(stage_args, model, stage_teacher, data, collator, compute_metrics)
 
-    # Stage 2: every width and depth, taught by the width model.
-    depth_model, summary = load_stage(output_dir / "width_depth")
-    if depth_model is None:
-        depth_model = copy.deepcopy(width_model)
-        summary = train_stage(
-            stage_arguments(training_args, "width_depth", output_dir),
-            depth_model,
-            width_model,
-            data,
-            collator,
-            compute_metrics,
-        )
-    results["stages"]["width_depth"] = summary
-    tokenizer.save_pretrained(output_dir / "width_depth")
-    write_results(output_dir, results)
+    stages = PIPELINE[: PIPELINE.index(pipeline_args.last_stage) + 1]
+    heldout_loader = DataLoader(data["heldout"], batch_size=training_args.importance_batch_size, collate_fn=collator)
+    summaries = run_pipeline(
+        training_args, stages, lambda: fresh_model(backbone, num_labels, model_args), train, heldout_loader
+    )
+    if "width_depth" in summaries:
+        tokenizer.save_pretrained(output_dir / "width_depth")
+    sizes = {"train_examples": len(data["train"]), "dev_examples": len(data["dev"])}
+    write_results(output_dir, {"task": task, "backbone": backbone, **sizes, "stages": summaries})
 
 
 def write_results(output_dir: Path, results: dict) -> None:
