@@ -97,7 +97,8 @@ class FlexTrainer(Trainer):
         **kwargs: Everything `Trainer` takes (datasets, collator, `compute_metrics`, callbacks, ...).
     """
 
-    # The losses computed here are batch means: the Trainer divides them by the accumulation steps (rule 5).
+    # Every loss here is a batch mean: the Trainer (stages teacher, ramps, gates) or `training_step` (the
+    # distillation stages, per sub-network) divides it by the accumulation steps (rule 5).
     loss_is_scaled_for_ga = False
 
     def __init__(
@@ -163,6 +164,7 @@ class FlexTrainer(Trainer):
         return sandwich_subnets(subnets, self.args.num_random_subnets, rng)
 
     def eval_subnets(self) -> list[Subnet]:
+        """The sub-networks `evaluate` reports: every one the stage trains, or the full model only."""
         if not self.args.eval_all_subnets:
             return [(1.0, 1.0)]
         return stage_subnets(self.flex_model.config, self.args.flex_stage)
@@ -295,6 +297,8 @@ class FlexTrainer(Trainer):
         return start + (end - start) * min(1.0, progress)
 
     def gates_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The gates stage's loss (ALGORITHMS.md §6): class-weighted NLL of a Gumbel-softmax sample of every gate
+        against each example's label, the smallest width at which the frozen model predicts it correctly."""
         flex = self.flex_model
         flex.eval()  # the model is frozen: no dropout, so the labels are what inference will see
         if self._gate_class_weights is None:
@@ -389,15 +393,8 @@ class FlexTrainer(Trainer):
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         subnets = self.eval_subnets()
-        if self.args.flex_stage == "gates":  # what the gates are for: per-example widths at inference
-            config = self.flex_model.config
-            saved = (config.dynamic_inference, config.exit_criterion, config.exit_threshold)
-            # Gates only: patience that can never be reached keeps every row to the last layer (any task type).
-            config.dynamic_inference, config.exit_criterion, config.exit_threshold = True, "patience", math.inf
-            try:
-                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            finally:
-                config.dynamic_inference, config.exit_criterion, config.exit_threshold = saved
+        if self.args.flex_stage == "gates":
+            return self.evaluate_with_gates(eval_dataset, ignore_keys, metric_key_prefix)
         if isinstance(dataset, dict) or subnets == [(1.0, 1.0)]:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         dataloader = self.get_eval_dataloader(eval_dataset)
@@ -422,6 +419,18 @@ class FlexTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def evaluate_with_gates(self, eval_dataset, ignore_keys: list[str] | None, metric_key_prefix: str):
+        """The gates stage's evaluation: the dynamic engine with the gates choosing each example's widths (what they
+        are for at inference), every example to the last layer."""
+        config = self.flex_model.config
+        saved = (config.dynamic_inference, config.exit_criterion, config.exit_threshold)
+        # Gates only: patience that can never be reached keeps every row to the last layer (any task type).
+        config.dynamic_inference, config.exit_criterion, config.exit_threshold = True, "patience", math.inf
+        try:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            config.dynamic_inference, config.exit_criterion, config.exit_threshold = saved
 
 
 __all__ = ["FlexTrainer", "grafting_steps", "prepare_gate_training", "sandwich_subnets", "stage_subnets"]
