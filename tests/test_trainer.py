@@ -69,8 +69,8 @@ def test_grafting_schedule_skips_the_last_epoch():
 
 
 def test_grafts_follow_the_real_epoch_length(tiny_config, tmp_path, monkeypatch):
-    """1.5 epochs of 4 steps (6 steps): grafts before steps 1, 2 and 3 of the first epoch — not spaced by
-    max_steps / epochs = 3 steps, which would also have been right only for whole epochs."""
+    """1.5 epochs of 4 steps (6 steps): grafts before steps 1, 2 and 3 of the first epoch. Epochs taken as
+    max_steps / ceil(epochs) = 3 steps long (right for whole epochs only) would graft before steps 1 and 2."""
     student, teacher = make_models(tiny_config)
     args = make_args(
         tmp_path, flex_stage="width", grafting=True, per_device_train_batch_size=4, max_steps=-1, num_train_epochs=1.5
