@@ -31,7 +31,14 @@ from transformers import AutoTokenizer, DataCollatorWithPadding, HfArgumentParse
 from transformers.trainer_utils import get_last_checkpoint
 
 from transformers_flex import FlexBertForSequenceClassification, compute_importance, rewire
-from transformers_flex.data import GLUE_DEV_SPLIT, glue_num_labels, load_glue, split_train_heldout, tokenize_glue
+from transformers_flex.data import (
+    GLUE_DEV_SPLIT,
+    GLUE_EXTRA_DEV_SPLITS,
+    glue_num_labels,
+    load_glue,
+    split_train_heldout,
+    tokenize_glue,
+)
 from transformers_flex.metrics import glue_compute_metrics
 from transformers_flex.trainer import FlexTrainer
 from transformers_flex.training_args import PIPELINE_STAGE, FlexTrainingArguments
@@ -132,6 +139,8 @@ def train_stage(stage_args, model, teacher, data, collator, compute_metrics) -> 
     train_output = trainer.train(resume_from_checkpoint=last)
     trainer.save_model()
     metrics = trainer.evaluate()
+    for prefix in data.keys() - {"train", "heldout", "dev"}:  # further dev sets (MNLI mismatched)
+        metrics |= trainer.evaluate(data[prefix], metric_key_prefix=prefix)
     summary = {
         "stage": stage_args.flex_stage,
         "train_runtime": train_output.metrics["train_runtime"],
@@ -166,18 +175,18 @@ def load_stage(stage_dir: Path):
 
 
 def prepare_data(task: str, data_args: DataArguments, tokenizer, seed: int) -> dict:
-    """Tokenized `train`, `heldout` (importance examples set aside from train) and `dev` splits."""
+    """Tokenized `train`, `heldout` (importance examples set aside from train) and `dev` splits, plus the further
+    dev sets GLUE reports (MNLI mismatched) under their metric-key prefix, e.g. `eval_mm`."""
     raw = load_glue(task, data_args.data_dir, hub_dataset=data_args.dataset_name)
     if GLUE_DEV_SPLIT[task] not in raw or "train" not in raw:
         raise SystemExit(f"{task}: the dataset has no train/{GLUE_DEV_SPLIT[task]} split to train and evaluate on.")
     train, heldout = split_train_heldout(raw["train"], data_args.max_train_samples, data_args.importance_samples, seed)
-    dev = raw[GLUE_DEV_SPLIT[task]]
+    splits = {"train": train, "heldout": heldout, "dev": raw[GLUE_DEV_SPLIT[task]]}
+    splits |= {prefix: raw[split] for prefix, split in GLUE_EXTRA_DEV_SPLITS.get(task, {}).items() if split in raw}
     if data_args.max_eval_samples is not None:
-        dev = dev.select(range(min(data_args.max_eval_samples, len(dev))))
-    return {
-        name: tokenize_glue(split, tokenizer, task, data_args.max_seq_length)
-        for name, split in (("train", train), ("heldout", heldout), ("dev", dev))
-    }
+        for name in splits.keys() - {"train", "heldout"}:
+            splits[name] = splits[name].select(range(min(data_args.max_eval_samples, len(splits[name]))))
+    return {name: tokenize_glue(split, tokenizer, task, data_args.max_seq_length) for name, split in splits.items()}
 
 
 def fresh_model(path: str, num_labels: int, model_args: ModelArguments) -> FlexBertForSequenceClassification:

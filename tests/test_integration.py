@@ -278,6 +278,48 @@ def test_single_distillation_stage_needs_a_trained_teacher(run_glue_flex, bert_c
     assert torch.equal(teacher.classifier.weight, expected)
 
 
+def write_mnli_stand_in(root: Path) -> dict[str, list[dict]]:
+    """A tiny MNLI in the local mirror's layout (MNLI is not in the mirror and the Hub is unreachable here)."""
+    from datasets import Dataset
+
+    texts = SENTENCES + [text for pair in PAIRS for text in pair]
+    splits = {}
+    for name, size, shift in (("train", 16, 0), ("validation_matched", 4, 1), ("validation_mismatched", 6, 2)):
+        splits[name] = [
+            {"premise": texts[(i + shift) % len(texts)], "hypothesis": texts[(i * 3) % len(texts)], "label": i % 3}
+            for i in range(size)
+        ]
+        (root / "glue" / "mnli").mkdir(parents=True, exist_ok=True)
+        Dataset.from_list(splits[name]).to_parquet(root / "glue" / "mnli" / f"{name}-00000-of-00001.parquet")
+    files = "".join(f"  - split: {name}\n    path: mnli/{name}-*\n" for name in splits)
+    (root / "glue" / "README.md").write_text(f"---\nconfigs:\n- config_name: mnli\n  data_files:\n{files}---\n")
+    return splits
+
+
+def test_mnli_reports_matched_and_mismatched_dev_sets(tokenizer, tmp_path):
+    """GLUE reports MNLI on both dev sets: the stage's metrics hold `eval_accuracy` (matched) and `eval_mm_accuracy`,
+    the saved model's accuracy on the mismatched examples."""
+    splits = write_mnli_stand_in(tmp_path / "data")
+    script = Path(__file__).resolve().parents[1] / "examples" / "run_glue_flex.py"
+    output_dir = tmp_path / "teacher"
+    command = [sys.executable, str(script), "--task_name", "mnli", "--data_dir", str(tmp_path / "data")]
+    command += ["--output_dir", str(output_dir), "--flex_stage", "teacher", "--max_steps", "1"]
+    command += ["--importance_samples", "4", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((output_dir / "stage_results.json").read_text())["metrics"]
+    model = FlexBertForSequenceClassification.from_pretrained(output_dir).eval()
+    for prefix, split in (("eval", "validation_matched"), ("eval_mm", "validation_mismatched")):
+        rows = splits[split]
+        texts = [r["premise"] for r in rows], [r["hypothesis"] for r in rows]
+        batch = tokenizer(*texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            predictions = model(**batch).logits.argmax(-1)
+        accuracy = (predictions == torch.tensor([r["label"] for r in rows])).float().mean().item()
+        assert metrics[f"{prefix}_accuracy"] == pytest.approx(accuracy)
+
+
 def test_glue_example_adds_ramps_then_gates_to_a_checkpoint(bert_checkpoint, tokenizer, data_dir, tmp_path):
     """The dynamic stages of examples/run_glue_flex.py: new off-ramps start as copies of the final head, then the
     gates stage trains only the gates on top of the ramps checkpoint."""

@@ -23,6 +23,8 @@ GLUE_TEXT_COLUMNS: dict[str, tuple[str, str | None]] = {
 }
 # The dev split name of each task (MNLI has two).
 GLUE_DEV_SPLIT = {task: "validation" for task in GLUE_TEXT_COLUMNS} | {"mnli": "validation_matched"}
+# Dev sets GLUE also reports, by metric-key prefix: MNLI's mismatched genres (keys like `eval_mm_accuracy`).
+GLUE_EXTRA_DEV_SPLITS = {"mnli": {"eval_mm": "validation_mismatched"}}
 
 
 def check_glue_task(task: str) -> str:
@@ -78,4 +80,12 @@ def split_train_heldout(
     return shuffled.select(range(num_heldout, end)), heldout
 
 
-__all__ = ["GLUE_TEXT_COLUMNS", "glue_num_labels", "load_glue", "split_train_heldout", "tokenize_glue"]
+__all__ = [
+    "GLUE_DEV_SPLIT",
+    "GLUE_EXTRA_DEV_SPLITS",
+    "GLUE_TEXT_COLUMNS",
+    "glue_num_labels",
+    "load_glue",
+    "split_train_heldout",
+    "tokenize_glue",
+]
