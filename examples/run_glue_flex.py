@@ -118,8 +118,6 @@ def stage_arguments(args: FlexTrainingArguments, stage: str, output_dir: Path) -
     stage_args.flex_stage = stage
     stage_args.output_dir = str(output_dir / stage)
     stage_args.grafting = args.grafting and stage == "width"
-    if stage_args.ddp_find_unused_parameters is None:  # unset by the user: only sub-network stages need the search
-        stage_args.ddp_find_unused_parameters = stage != "teacher"
     return stage_args
 
 
@@ -139,8 +137,8 @@ def train_stage(stage_args, model, teacher, data, collator, compute_metrics) -> 
     train_output = trainer.train(resume_from_checkpoint=last)
     trainer.save_model()
     metrics = trainer.evaluate()
-    for prefix in data.keys() - {"train", "heldout", "dev"}:  # further dev sets (MNLI mismatched)
-        metrics |= trainer.evaluate(data[prefix], metric_key_prefix=prefix)
+    for prefix, dev in data["extra_dev"].items():  # further dev sets (MNLI mismatched)
+        metrics |= trainer.evaluate(dev, metric_key_prefix=prefix)
     summary = {
         "stage": stage_args.flex_stage,
         "train_runtime": train_output.metrics["train_runtime"],
@@ -175,18 +173,25 @@ def load_stage(stage_dir: Path):
 
 
 def prepare_data(task: str, data_args: DataArguments, tokenizer, seed: int) -> dict:
-    """Tokenized `train`, `heldout` (importance examples set aside from train) and `dev` splits, plus the further
-    dev sets GLUE reports (MNLI mismatched) under their metric-key prefix, e.g. `eval_mm`."""
+    """Tokenized `train`, `heldout` (importance examples set aside from train) and `dev` splits, and `extra_dev`:
+    the further dev sets GLUE reports (MNLI mismatched) by metric-key prefix, e.g. `{"eval_mm": ...}`."""
     raw = load_glue(task, data_args.data_dir, hub_dataset=data_args.dataset_name)
     if GLUE_DEV_SPLIT[task] not in raw or "train" not in raw:
         raise SystemExit(f"{task}: the dataset has no train/{GLUE_DEV_SPLIT[task]} split to train and evaluate on.")
     train, heldout = split_train_heldout(raw["train"], data_args.max_train_samples, data_args.importance_samples, seed)
-    splits = {"train": train, "heldout": heldout, "dev": raw[GLUE_DEV_SPLIT[task]]}
-    splits |= {prefix: raw[split] for prefix, split in GLUE_EXTRA_DEV_SPLITS.get(task, {}).items() if split in raw}
-    if data_args.max_eval_samples is not None:
-        for name in splits.keys() - {"train", "heldout"}:
-            splits[name] = splits[name].select(range(min(data_args.max_eval_samples, len(splits[name]))))
-    return {name: tokenize_glue(split, tokenizer, task, data_args.max_seq_length) for name, split in splits.items()}
+    extra_dev = {prefix: raw[split] for prefix, split in GLUE_EXTRA_DEV_SPLITS.get(task, {}).items() if split in raw}
+
+    def prepare(split, is_dev: bool = False):
+        if is_dev and data_args.max_eval_samples is not None:
+            split = split.select(range(min(data_args.max_eval_samples, len(split))))
+        return tokenize_glue(split, tokenizer, task, data_args.max_seq_length)
+
+    return {
+        "train": prepare(train),
+        "heldout": prepare(heldout),
+        "dev": prepare(raw[GLUE_DEV_SPLIT[task]], is_dev=True),
+        "extra_dev": {prefix: prepare(split, is_dev=True) for prefix, split in extra_dev.items()},
+    }
 
 
 def fresh_model(path: str, num_labels: int, model_args: ModelArguments) -> FlexBertForSequenceClassification:
@@ -248,7 +253,9 @@ def main() -> None:
     num_labels = glue_num_labels(task)
     backbone = model_args.model_name_or_path or default_backbone_path()
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    teacher = None  # a single distillation stage's; checked before any data work
+    model = teacher = None  # a single stage's, loaded (and the teacher checked) before any data work
+    if training_args.flex_stage != PIPELINE_STAGE:
+        model = fresh_model(backbone, num_labels, model_args)
     if training_args.flex_stage in ("width", "width_depth"):
         teacher = load_teacher(model_args.teacher_name_or_path or backbone, num_labels)
     data = prepare_data(task, data_args, tokenizer, training_args.seed)
@@ -256,7 +263,6 @@ def main() -> None:
     compute_metrics = glue_compute_metrics(task)
 
     if training_args.flex_stage != PIPELINE_STAGE:
-        model = fresh_model(backbone, num_labels, model_args)
         summary = train_stage(training_args, model, teacher, data, collator, compute_metrics)
         tokenizer.save_pretrained(training_args.output_dir)
         print(json.dumps(summary["metrics"], indent=2))

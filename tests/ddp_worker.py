@@ -10,15 +10,29 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 import torch  # noqa: E402
 from conftest import pad_collate, random_classification_dataset  # noqa: E402
 
+import transformers_flex.trainer as flex_trainer  # noqa: E402
 from transformers_flex import FlexBertConfig, FlexBertForSequenceClassification  # noqa: E402
 from transformers_flex.trainer import FlexTrainer  # noqa: E402
 from transformers_flex.training_args import FlexTrainingArguments  # noqa: E402
+
+exact_importance = flex_trainer.compute_importance
+
+
+def rank_dependent_importance(*args, **kwargs):
+    """Every rank's scores shuffled by its own noise, as non-deterministic GPU kernels could: the ranks stay identical
+    only if they all graft with the same (rank 0's) scores."""
+    importance = exact_importance(*args, **kwargs)
+    generator = torch.Generator().manual_seed(int(os.environ["RANK"]))
+    for scores in (*importance.heads, *importance.neurons):
+        scores.add_(torch.rand(scores.shape, generator=generator) * scores.abs().max())
+    return importance
 
 
 def main(output_dir: Path) -> None:
     config = FlexBertConfig(
         vocab_size=99, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, num_labels=3
     )
+    flex_trainer.compute_importance = rank_dependent_importance
     torch.manual_seed(0)  # same initial weights on both ranks (DDP also broadcasts rank 0's)
     teacher = FlexBertForSequenceClassification(config)
     student = FlexBertForSequenceClassification(config)
@@ -38,6 +52,7 @@ def main(output_dir: Path) -> None:
         use_cpu=True,
         ddp_backend="gloo",
         disable_tqdm=True,
+        logging_steps=1,
         seed=3,
     )
     trainer = FlexTrainer(
@@ -51,7 +66,12 @@ def main(output_dir: Path) -> None:
     trainer.train()
     rank = int(os.environ.get("RANK", 0))
     torch.save(
-        {"state": student.state_dict(), "initial": teacher.state_dict(), "world_size": args.world_size},
+        {
+            "state": student.state_dict(),
+            "initial": teacher.state_dict(),
+            "world_size": args.world_size,
+            "log_history": trainer.state.log_history,
+        },
         output_dir / f"rank{rank}.pt",
     )
 

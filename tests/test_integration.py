@@ -267,6 +267,7 @@ def test_single_distillation_stage_needs_a_trained_teacher(run_glue_flex, bert_c
     output_dir = tmp_path / "width"
     command = [sys.executable, str(script), "--task_name", "mrpc", "--output_dir", str(output_dir)]
     command += ["--flex_stage", "width", "--use_cpu", "--report_to", "none"]
+    command += ["--data_dir", str(tmp_path / "missing")]  # loading data would fail: the teacher check comes first
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     refused = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert refused.returncode != 0 and "has no trained classifier" in refused.stderr

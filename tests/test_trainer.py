@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import pad_collate, random_classification_dataset
 from safetensors.torch import load_file
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from transformers_flex import FlexBertForSequenceClassification
 from transformers_flex.trainer import FlexTrainer, grafting_steps, sandwich_subnets, stage_subnets
@@ -89,6 +89,11 @@ def test_grafts_follow_the_real_epoch_length(tiny_config, tmp_path, monkeypatch)
     )
     trainer.train()
     assert trainer.state.global_step == 6 and grafted_at == [1, 2, 3]
+    # A Trainer that no longer calls the hook the schedule comes from is an error, not a run without grafting.
+    monkeypatch.setattr(FlexTrainer, "set_initial_training_values", Trainer.set_initial_training_values)
+    trainer._grafting_schedule = None
+    with pytest.raises(RuntimeError, match="grafting schedule"):
+        trainer.train()
 
 
 @pytest.mark.parametrize("stage", ["teacher", "width", "width_depth", "final"])
@@ -321,16 +326,6 @@ def test_bf16_mixed_precision_trains(tiny_config, tmp_path):
     assert any(not torch.equal(v, initial[k]) for k, v in student.state_dict().items())
 
 
-def test_pipeline_searches_unused_parameters_only_in_subnet_stages(run_glue_flex, tmp_path):
-    """Under DDP, the teacher stage of `--flex_stage all` trains every parameter: no per-step graph search."""
-    args = make_args(tmp_path, flex_stage="all")
-    assert args.ddp_find_unused_parameters is None  # decided per stage
-    for stage, search in (("teacher", False), ("width", True), ("width_depth", True)):
-        assert run_glue_flex.stage_arguments(args, stage, tmp_path).ddp_find_unused_parameters is search
-    chosen = make_args(tmp_path, flex_stage="all", ddp_find_unused_parameters=False)
-    assert run_glue_flex.stage_arguments(chosen, "width", tmp_path).ddp_find_unused_parameters is False
-
-
 def test_bad_trainer_setups_are_clear_errors(tiny_config, tmp_path):
     student, teacher = make_models(tiny_config)
     with pytest.raises(ValueError, match="teacher"):
@@ -354,9 +349,11 @@ def test_bad_trainer_setups_are_clear_errors(tiny_config, tmp_path):
 
 
 def test_ddp_ranks_end_with_identical_parameters(tmp_path):
-    """`torchrun --nproc_per_node=2` on CPU (gloo), sandwich sampling and grafting: both ranks agree."""
+    """`torchrun --nproc_per_node=2` on CPU (gloo), sandwich sampling and grafting with importance that differs per
+    rank: both ranks end with the same weights and log the same loss parts (averaged over ranks)."""
     worker = Path(__file__).with_name("ddp_worker.py")
-    env = os.environ | {"PYTHONPATH": str(worker.parent), "OMP_NUM_THREADS": "1"}
+    python_path = os.pathsep.join(filter(None, [str(worker.parent), os.environ.get("PYTHONPATH")]))
+    env = os.environ | {"PYTHONPATH": python_path, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(worker), str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -365,6 +362,10 @@ def test_ddp_ranks_end_with_identical_parameters(tmp_path):
     for name, value in ranks[0]["state"].items():
         torch.testing.assert_close(ranks[1]["state"][name], value, atol=0, rtol=0, msg=name)
     assert any(not torch.equal(value, ranks[0]["initial"][name]) for name, value in ranks[0]["state"].items())
+    logs = [[entry for entry in rank["log_history"] if "loss_logits" in entry] for rank in ranks]
+    assert len(logs[0]) == 8  # every step logged (2 epochs of 4 steps)
+    for first, second in zip(*logs):  # each rank's own parts differ (other examples); their means do not
+        assert (first["loss_logits"], first["loss_hidden"]) == (second["loss_logits"], second["loss_hidden"])
 
 
 def test_subnet_metrics_and_loss_components_reach_tensorboard(tiny_config, tmp_path, monkeypatch):

@@ -53,16 +53,18 @@ def sandwich_subnets(subnets: list[Subnet], num_random: int, rng: random.Random)
     return [subnets[0]] + [subnets[i] for i in sorted(drawn)] + [subnets[-1]]
 
 
-def grafting_steps(steps_per_epoch: int, num_epochs: int, times_per_epoch: int) -> set[int]:
-    """Global steps before which grafting happens: evenly inside every epoch but the last, never before an epoch's
-    first step (so never before any training, nor in the last epoch); none when an epoch has a single step."""
+def grafting_steps(*, steps_per_epoch: int, num_epochs: int, times_per_epoch: int) -> set[int]:
+    """Global steps before which grafting happens: evenly inside every epoch but the last, never at an epoch's first
+    step (so never before any update, nor in the last epoch); none when an epoch has a single step."""
+    if steps_per_epoch < 2:
+        return set()
     steps = set()
     for epoch in range(num_epochs - 1):
         first, last = epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch - 1
         for k in range(1, times_per_epoch + 1):
             step = round(first + k * steps_per_epoch / (times_per_epoch + 1))
             steps.add(min(max(step, first + 1), last))  # short epochs: keep every graft strictly inside its epoch
-    return steps if steps_per_epoch > 1 else set()
+    return steps
 
 
 def prepare_ramp_training(model: nn.Module, mode: str) -> None:
@@ -121,12 +123,6 @@ class FlexTrainer(Trainer):
             raise ValueError("`teacher_model` must be a separate copy of the model (it is frozen).")
         if args.grafting and importance_dataset is None:
             raise ValueError("Grafting needs `importance_dataset` (held-out training examples with labels).")
-        if args.deepspeed and args.flex_stage in ("width", "width_depth", "final"):
-            # DeepSpeed's engine counts every backward as a micro-batch; these stages run one per sub-network.
-            raise ValueError(
-                f"The {args.flex_stage} stage runs one backward per sub-network, which DeepSpeed's engine cannot "
-                "accumulate into one step: train with DDP (torchrun) instead."
-            )
         if args.flex_stage in ("ramps", "gates") and args.world_size > 1:
             # Off-ramps and gates run outside the DDP-wrapped forward, so DDP would not all-reduce their gradients.
             raise ValueError(
@@ -137,6 +133,12 @@ class FlexTrainer(Trainer):
         if args.flex_stage == "gates":
             prepare_gate_training(model)
         super().__init__(model=model, args=args, **kwargs)
+        # DeepSpeed (from `args.deepspeed` or an accelerate config) counts every backward as a micro-batch.
+        if (args.deepspeed or self.is_deepspeed_enabled) and args.flex_stage in ("width", "width_depth", "final"):
+            raise ValueError(
+                f"The {args.flex_stage} stage runs one backward per sub-network, which DeepSpeed's engine cannot "
+                "accumulate into one step: train with DDP (torchrun) instead."
+            )
         self.teacher_model = None
         if teacher_model is not None:
             self.teacher_model = teacher_model.to(self.args.device).eval().requires_grad_(False)
@@ -144,7 +146,7 @@ class FlexTrainer(Trainer):
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps = 0
         self._last_graft_step: int | None = None
-        self._grafting_schedule: set[int] = set()  # set when training starts, from the real epoch length
+        self._grafting_schedule: set[int] | None = None  # set when training starts, from the real epoch length
         self._gate_class_weights: torch.Tensor | None = None
 
     # --- which sub-networks ------------------------------------------------------------------------------------
@@ -331,11 +333,13 @@ class FlexTrainer(Trainer):
         """Trainer's epoch and step counts; the grafting schedule is derived from them here (also on resume)."""
         values = super().set_initial_training_values(args, dataloader)
         num_train_epochs, num_update_steps_per_epoch = values[:2]
-        if self.args.grafting and self.args.flex_stage == "width":
+        if args.grafting and args.flex_stage == "width":
             if not has_length(dataloader):
                 raise ValueError("Grafting is scheduled per epoch: it needs a training set with a length.")
             self._grafting_schedule = grafting_steps(
-                num_update_steps_per_epoch, num_train_epochs, self.args.grafting_times_per_epoch
+                steps_per_epoch=num_update_steps_per_epoch,
+                num_epochs=num_train_epochs,
+                times_per_epoch=args.grafting_times_per_epoch,
             )
         return values
 
@@ -347,6 +351,8 @@ class FlexTrainer(Trainer):
             or self.state.global_step == self._last_graft_step
         ):
             return
+        if self._grafting_schedule is None:  # Trainer did not call the hook above: grafting would silently stop
+            raise RuntimeError("No grafting schedule: Trainer no longer calls `set_initial_training_values`.")
         if self.state.global_step not in self._grafting_schedule:
             return
         self._last_graft_step = self.state.global_step
@@ -361,7 +367,7 @@ class FlexTrainer(Trainer):
         logger.info(f"Grafted at step {self.state.global_step}.")
 
     def importance_dataloader(self) -> DataLoader:
-        """The whole held-out set on every rank (not sharded), so every DDP rank grafts identically."""
+        """The whole held-out set on every rank (not sharded): every rank scores the same examples."""
         dataset = self._remove_unused_columns(self.importance_dataset, description="importance")
         return DataLoader(dataset, batch_size=self.args.importance_batch_size, collate_fn=self.data_collator)
 
@@ -376,7 +382,7 @@ class FlexTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean per-component losses (summed over a step's sub-networks) to training logs."""
         if "loss" in logs and self._component_steps:
-            keys = sorted(self._component_sums)  # every rank trains the same sub-networks, so has the same keys
+            keys = sorted(self._component_sums)  # the loss parts' names: fixed by the stage, the same on every rank
             sums = torch.stack([torch.as_tensor(self._component_sums[key]) for key in keys])
             if self.args.world_size > 1:  # like `loss`, the mean over ranks (every rank logs)
                 sums = self.accelerator.reduce(sums, reduction="mean")

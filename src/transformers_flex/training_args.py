@@ -146,9 +146,8 @@ class FlexTrainingArguments(TrainingArguments):
             )
         if self.grafting_times_per_epoch < 1:
             raise ValueError(f"`grafting_times_per_epoch` must be >= 1, got {self.grafting_times_per_epoch}.")
-        # Narrow or shallow sub-networks leave parameters unused in a step; DDP must look for them (rule 6). The
-        # pipeline (`all`) decides per stage.
-        if self.ddp_find_unused_parameters is None and self.flex_stage not in ("teacher", PIPELINE_STAGE):
+        # Narrow or shallow sub-networks leave parameters unused in a step; DDP must look for them (rule 6).
+        if self.ddp_find_unused_parameters is None and self.flex_stage != "teacher":
             self.ddp_find_unused_parameters = True
         super().__post_init__()
 
