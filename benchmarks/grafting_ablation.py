@@ -2,15 +2,18 @@
 
 For every task and seed this runs `examples/run_glue_flex.py --flex_stage all --last_stage width` twice — with and
 without `--grafting` — the second run reusing the first run's teacher (so both start from identical weights), and
-collects the dev metric of every width. Runs are resumable: finished stages are skipped. The results file is re-read
-before each write, so commands for different seeds can run side by side on one file. Extra arguments after `--` go
-to run_glue_flex.py (epochs, learning rate, ...).
+collects the dev metric of every width. Runs are resumable: finished stages are skipped. The results file is updated
+under a lock after every seed, so commands for different seeds can run side by side on one file. Extra arguments
+after `--` go to run_glue_flex.py (epochs, learning rate, ...); the flags this script sets itself win over them.
 
     python benchmarks/grafting_ablation.py --tasks mrpc --seeds 42 43 44 -- --num_train_epochs 3 --learning_rate 5e-5
 """
 
 import argparse
+import fcntl
 import json
+import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -23,9 +26,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def run_width_stage(task: str, seed: int, grafting: bool, output_dir: Path, extra: list[str]) -> dict:
-    command = [sys.executable, str(ROOT / "examples" / "run_glue_flex.py"), "--task_name", task, "--seed", str(seed)]
-    command += ["--output_dir", str(output_dir), "--flex_stage", "all", "--last_stage", "width", "--report_to", "none"]
-    command += ["--grafting", str(grafting).lower(), *extra]
+    # The recipe first: when a flag repeats, the parser keeps the last value, so the arm's own flags win.
+    command = [sys.executable, str(ROOT / "examples" / "run_glue_flex.py"), *extra, "--task_name", task]
+    command += ["--seed", str(seed), "--output_dir", str(output_dir), "--flex_stage", "all", "--last_stage", "width"]
+    command += ["--report_to", "none", "--grafting", str(grafting).lower()]
     subprocess.run(command, check=True)
     return json.loads((output_dir / "results.json").read_text())
 
@@ -76,34 +80,50 @@ def main() -> None:
                     "teacher": grafted["stages"]["teacher"]["metrics"][f"eval_{metric}"],
                     "graft": width_metrics(grafted["stages"]["width"], metric),
                     "no_graft": width_metrics(plain["stages"]["width"], metric),
-                    "seconds_per_step": {
-                        "teacher": grafted["stages"]["teacher"]["seconds_per_step"],
-                        "width_graft": grafted["stages"]["width"]["seconds_per_step"],
-                        "width_no_graft": plain["stages"]["width"]["seconds_per_step"],
-                    },
                 }
             )
-            # Re-read just before writing: other tasks and seeds, also those another command (e.g. a run of other
-            # seeds side by side) wrote meanwhile, stay; the seeds this command collected replace earlier values.
-            report = json.loads(results_path.read_text()) if results_path.exists() else {"tasks": {}}
-            ours = {run["seed"] for run in collected}
-            earlier = [run for run in report["tasks"].get(task, {}).get("runs", []) if run["seed"] not in ours]
-            runs = sorted(earlier + collected, key=lambda run: run["seed"])
-            report["tasks"][task] = {
-                "metric": metric,
-                "majority_class": majority_class,
-                "runs": runs,
-                "summary": summarize(runs),
-            }
-            results_path.parent.mkdir(parents=True, exist_ok=True)
-            results_path.write_text(json.dumps(report, indent=2))  # after every seed: partial results survive
-    report = json.loads(results_path.read_text())
+            # After every seed, so partial results survive.
+            report = save_runs(results_path, task, collected, summarize, metric=metric, majority_class=majority_class)
     print(format_table(report))
     plot_differences(report, results_path.with_suffix(".png"))
 
 
+def save_runs(results_path: Path, task: str, collected: list[dict], summarize, **fields) -> dict:
+    """Merge this command's runs (by seed) into the task's entry of the results file and re-summarize it.
+
+    Other tasks, and seeds another command wrote meanwhile (e.g. one running side by side), stay; the seeds collected
+    here replace earlier values. The read-merge-write holds a lock on the results folder, and the file is replaced
+    atomically, so side-by-side commands neither lose each other's seeds nor read a half-written file.
+    """
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(results_path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released when the descriptor closes
+        report = json.loads(results_path.read_text()) if results_path.exists() else {"tasks": {}}
+        ours = {run["seed"] for run in collected}
+        earlier = [run for run in report["tasks"].get(task, {}).get("runs", []) if run["seed"] not in ours]
+        runs = sorted(earlier + collected, key=lambda run: run["seed"])
+        report["tasks"][task] = {**fields, "runs": runs, "summary": summarize(runs)}
+        partial = results_path.with_suffix(".partial")
+        partial.write_text(json.dumps(report, indent=2))
+        os.replace(partial, results_path)
+    finally:
+        os.close(folder)
+    return report
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def paired_p_value(first: list[float], second: list[float]) -> float | None:
+    """Two-sided paired t-test p-value of first vs second (same seeds); None below two pairs or with no spread."""
+    from scipy.stats import ttest_rel
+
+    if len(first) < 2:
+        return None
+    p_value = float(ttest_rel(first, second).pvalue)
+    return None if math.isnan(p_value) else p_value  # NaN when every difference is equal
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -112,13 +132,17 @@ def summarize(runs: list[dict]) -> dict:
         "teacher": mean_std([run["teacher"] for run in runs]),
         **{f"graft_w{w}": mean_std([run["graft"][w] for run in runs]) for w in widths},
         **{f"no_graft_w{w}": mean_std([run["no_graft"][w] for run in runs]) for w in widths},
+        **{
+            f"p_w{w}": paired_p_value([run["graft"][w] for run in runs], [run["no_graft"][w] for run in runs])
+            for w in widths
+        },
     }
 
 
 def format_table(report: dict) -> str:
     lines = [
-        "| task (metric) | seeds | teacher | width | no grafting | grafting | difference |",
-        "|---|---|---|---|---|---|---|",
+        "| task (metric) | seeds | teacher | width | no grafting | grafting | difference | paired t-test p |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for task, entry in report["tasks"].items():
         summary, runs = entry["summary"], entry["runs"]
@@ -135,6 +159,7 @@ def format_table(report: dict) -> str:
                 f"{100 * plain[0]:.1f} ± {100 * plain[1]:.1f}",
                 f"{100 * grafted[0]:.1f} ± {100 * grafted[1]:.1f}",
                 f"{100 * diff[0]:+.1f} ± {100 * diff[1]:.1f}",
+                "n/a" if summary[f"p_w{width}"] is None else f"{summary[f'p_w{width}']:.2f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
     for task, entry in report["tasks"].items():

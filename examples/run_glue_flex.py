@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, DataCollatorWithPadding, HfArgumentParser, set_seed
+from transformers import AutoTokenizer, DataCollatorWithPadding, HfArgumentParser, TrainerState, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from transformers_flex import FlexBertForSequenceClassification, compute_importance, rewire
@@ -134,16 +135,20 @@ def train_stage(stage_args, model, teacher, data, collator, compute_metrics) -> 
         compute_metrics=compute_metrics,
     )
     last = get_last_checkpoint(stage_args.output_dir) if os.path.isdir(stage_args.output_dir) else None
+    # Steps the checkpoint had done: a resumed run's train_runtime covers only the steps after them.
+    first_step = TrainerState.load_from_json(os.path.join(last, TRAINER_STATE_NAME)).global_step if last else 0
     train_output = trainer.train(resume_from_checkpoint=last)
     trainer.save_model()
     metrics = trainer.evaluate()
     for prefix, dev in data["extra_dev"].items():  # further dev sets (MNLI mismatched)
         metrics |= trainer.evaluate(dev, metric_key_prefix=prefix)
+    steps_trained = trainer.state.global_step - first_step  # by this run (0 if resumed from the last step)
     summary = {
         "stage": stage_args.flex_stage,
         "train_runtime": train_output.metrics["train_runtime"],
         "steps": trainer.state.global_step,
-        "seconds_per_step": train_output.metrics["train_runtime"] / max(1, trainer.state.global_step),
+        "steps_trained": steps_trained,
+        "seconds_per_step": train_output.metrics["train_runtime"] / steps_trained if steps_trained else None,
         "resumed_from": last,
         "metrics": metrics,
     }

@@ -241,6 +241,7 @@ def test_glue_pipeline_example_runs_and_skips_finished_stages(data_dir, tmp_path
     command += ["--max_train_samples", "32", "--max_eval_samples", "16", "--importance_samples", "16"]
     command += ["--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--grafting", "--use_cpu"]
     command += ["--subnet_sampling", "sandwich", "--report_to", "none", "--disable_tqdm", "true"]
+    command += ["--save_strategy", "epoch", "--save_total_limit", "1"]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     first = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -250,6 +251,9 @@ def test_glue_pipeline_example_runs_and_skips_finished_stages(data_dir, tmp_path
     assert len([key for key in final if key.endswith("_f1") and key.startswith("eval_w")]) == 12
     for stage in ("teacher", "width", "width_depth"):
         assert (tmp_path / stage / "model.safetensors").exists()
+        summary = results["stages"][stage]
+        assert summary["steps_trained"] == summary["steps"] > 0 and summary["resumed_from"] is None
+        assert summary["seconds_per_step"] == summary["train_runtime"] / summary["steps"]
     second = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads((tmp_path / "results.json").read_text()) == results  # every stage was found finished
@@ -258,6 +262,16 @@ def test_glue_pipeline_example_runs_and_skips_finished_stages(data_dir, tmp_path
     shorter = subprocess.run([*command, "--last_stage", "width"], capture_output=True, text=True, timeout=900, env=env)
     assert shorter.returncode == 0, shorter.stderr[-3000:]
     assert json.loads((tmp_path / "results.json").read_text()) == results
+    # A run that died after the width_depth stage's last checkpoint but before its results resumes from that
+    # checkpoint: nothing is trained, the metrics are the same, and no step time is made up.
+    (tmp_path / "width_depth" / "stage_results.json").unlink()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((tmp_path / "results.json").read_text())["stages"]["width_depth"]
+    assert summary["resumed_from"].endswith(f"checkpoint-{results['stages']['width_depth']['steps']}")
+    assert summary["steps_trained"] == 0 and summary["seconds_per_step"] is None
+    quality = [key for key in final if key.endswith(("_f1", "_accuracy", "_loss"))]
+    assert {key: summary["metrics"][key] for key in quality} == {key: final[key] for key in quality}
 
 
 def test_single_distillation_stage_needs_a_trained_teacher(run_glue_flex, bert_checkpoint, backbone_path, tmp_path):
