@@ -99,7 +99,7 @@ def format_table(report: dict) -> str:
     for task, entry in report["tasks"].items():
         summary = entry["summary"]
         lines += [
-            f"\n{task}, dev {entry['metric']}, {len(entry['runs'])} seeds",
+            f"\n{task}, dev {entry['metric']}, seeds {', '.join(str(run['seed']) for run in entry['runs'])}",
             "| sub-network | sandwich | all 12 | all − sandwich | paired t-test p |",
             "|---|---|---|---|---|",
         ]
