@@ -25,11 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def run_width_stage(task: str, seed: int, grafting: bool, output_dir: Path, extra: list[str]) -> dict:
+def run_pipeline(task: str, seed: int, output_dir: Path, last_stage: str, extra: list[str], *arm: str) -> dict:
+    """`run_glue_flex.py --flex_stage all` up to `last_stage` in `output_dir` (finished stages are loaded, not
+    retrained) with the recipe `extra` and the arm's own flags `arm`; returns its `results.json`."""
     # The recipe first: when a flag repeats, the parser keeps the last value, so the arm's own flags win.
     command = [sys.executable, str(ROOT / "examples" / "run_glue_flex.py"), *extra, "--task_name", task]
-    command += ["--seed", str(seed), "--output_dir", str(output_dir), "--flex_stage", "all", "--last_stage", "width"]
-    command += ["--report_to", "none", "--grafting", str(grafting).lower()]
+    command += ["--seed", str(seed), "--output_dir", str(output_dir), "--flex_stage", "all"]
+    command += ["--last_stage", last_stage, "--report_to", "none", *arm]
     subprocess.run(command, check=True)
     return json.loads((output_dir / "results.json").read_text())
 
@@ -68,11 +70,11 @@ def main() -> None:
         collected = []
         for seed in args.seeds:
             base = Path(args.output_dir) / task / f"seed{seed}"
-            grafted = run_width_stage(task, seed, True, base / "graft", extra)
+            grafted = run_pipeline(task, seed, base / "graft", "width", extra, "--grafting", "true")
             plain_dir = base / "no_graft"
             if not (plain_dir / "teacher").exists():
                 shutil.copytree(base / "graft" / "teacher", plain_dir / "teacher")
-            plain = run_width_stage(task, seed, False, plain_dir, extra)
+            plain = run_pipeline(task, seed, plain_dir, "width", extra, "--grafting", "false")
             collected.append(
                 {
                     "seed": seed,

@@ -16,12 +16,10 @@ grafting run already has:
 """
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
-from grafting_ablation import mean_std, paired_p_value, save_runs
+from grafting_ablation import mean_std, paired_p_value, run_pipeline, save_runs
 from summarize_glue import subnet_rows
 
 from transformers_flex.metrics import main_metric
@@ -54,16 +52,6 @@ def reused_stage(output_dir: Path) -> str | None:
     if not (stage / "stage_results.json").exists():
         raise SystemExit(f"{stage} links to {stage.resolve()}, which is not a finished width_depth stage.")
     return str(stage.resolve())
-
-
-def run_width_depth_stage(task: str, seed: int, sampling: str, output_dir: Path, extra: list[str]) -> dict:
-    """Train (or load) the width_depth stage with `sampling` in `output_dir`; return the stage's summary."""
-    # The recipe first: when a flag repeats, the parser keeps the last value, so the arm's own flags win.
-    command = [sys.executable, str(ROOT / "examples" / "run_glue_flex.py"), *extra, "--task_name", task]
-    command += ["--seed", str(seed), "--output_dir", str(output_dir), "--flex_stage", "all"]
-    command += ["--last_stage", "width_depth", "--subnet_sampling", sampling, "--report_to", "none"]
-    subprocess.run(command, check=True)
-    return json.loads((output_dir / "results.json").read_text())["stages"]["width_depth"]
 
 
 def subnet_metric(stage: dict, metric: str) -> dict[str, float]:
@@ -136,8 +124,8 @@ def main() -> None:
                 link_finished_stages(width_run, output_dir)
                 if reused := reused_stage(output_dir):
                     seed_run["reused_width_depth"][sampling] = reused
-                stage = run_width_depth_stage(task, seed, sampling, output_dir, extra)
-                seed_run[sampling] = subnet_metric(stage, metric)
+                results = run_pipeline(task, seed, output_dir, "width_depth", extra, "--subnet_sampling", sampling)
+                seed_run[sampling] = subnet_metric(results["stages"]["width_depth"], metric)
             collected.append(seed_run)
             report = save_runs(results_path, task, collected, summarize, metric=metric)  # partial results survive
     print(format_table(report))
