@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from transformers_flex import FlexBertForSequenceClassification
-from transformers_flex.modeling_flexbert import layer_macs, patience_update, prediction_entropy
+from transformers_flex.modeling_flexbert import layer_macs, prediction_entropy
 
 
 @pytest.fixture
@@ -44,12 +44,14 @@ def sequential_reference(model, batch, criterion, threshold):
     ran = model.bert.encoder.active_layers
     logits, exits = output.logits.clone(), torch.full((len(output.logits),), ran[-1] + 1)
     for row in range(len(output.logits)):
-        previous, streak = None, torch.zeros(1, dtype=torch.long)
+        previous, streak = None, 0
         for layer in [index + 1 for index in ran[:-1] if index + 1 in ramps]:
             ramp = ramps[layer][row : row + 1]
-            if criterion == "patience":
-                previous, streak = patience_update(ramp, previous, streak, 0.01)
-                done = bool(streak >= threshold)
+            if criterion == "patience":  # PABEE: count consecutive ramps whose argmax agrees with the previous one
+                prediction = int(ramp.argmax())
+                streak = streak + 1 if prediction == previous else 0
+                previous = prediction
+                done = streak >= threshold
             else:
                 done = bool(prediction_entropy(ramp, normalized=criterion == "normalized_entropy") < threshold)
             if done:
@@ -252,10 +254,19 @@ def test_head_is_copied_only_into_the_chosen_ramps(ramp_model):
     assert torch.equal(ramp_model.off_ramps["2"].classifier.weight, before)
 
 
-def test_importance_runs_on_a_model_saved_for_dynamic_inference(ramp_model, batch):
+def test_importance_runs_on_a_model_saved_for_dynamic_inference(ramp_model, batch, monkeypatch):
+    """Gradients through the static model, dropout off, and the config never written (no reader sees it change)."""
+    from test_gates import ConfigWrites
+
     from transformers_flex import compute_importance
 
     ramp_model.config.dynamic_inference = True
+    ramp_model.config.problem_type = "single_label_classification"  # else the first loss records the task type
     labelled = dict(batch, labels=torch.zeros(8, dtype=torch.long))
+    ramp_model.train()
+    writes = ConfigWrites(monkeypatch)
     importance = compute_importance(ramp_model, [labelled], show_progress=False)
-    assert importance.heads[0].abs().sum() > 0 and ramp_model.config.dynamic_inference  # gradients, then restored
+    again = compute_importance(ramp_model, [labelled], show_progress=False)
+    assert importance.heads[0].abs().sum() > 0 and writes.names == []
+    torch.testing.assert_close(again.heads, importance.heads)  # dropout was off: the same scores twice
+    assert all(module.training for module in ramp_model.modules())  # every module's mode restored

@@ -20,7 +20,7 @@ RAMP_TYPES = ("pooler", "attention")
 GATE_POOLINGS = ("mean", "cls")
 
 
-def _check_multipliers(name: str, values) -> None:
+def check_multipliers(name: str, values) -> None:
     """Raise unless `values` is a non-empty list of numbers in (0, 1]."""
     if not isinstance(values, (list, tuple)) or len(values) == 0:
         raise ValueError(f"`{name}` must be a non-empty list of numbers in (0, 1], got {values!r}.")
@@ -163,9 +163,9 @@ class FlexBertConfig(PreTrainedConfig):
                 f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` "
                 f"({self.num_attention_heads})."
             )
-        _check_multipliers("width_mults", self.width_mults)
-        _check_multipliers("depth_mults", self.depth_mults)
-        _check_multipliers("gate_widths", self.gate_widths)
+        check_multipliers("width_mults", self.width_mults)
+        check_multipliers("depth_mults", self.depth_mults)
+        check_multipliers("gate_widths", self.gate_widths)
         if self.depth_rule not in DEPTH_RULES:
             raise ValueError(f"`depth_rule` must be one of {DEPTH_RULES}, got {self.depth_rule!r}.")
         if self.ramp_type not in RAMP_TYPES:

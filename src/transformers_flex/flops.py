@@ -1,4 +1,4 @@
-"""Analytic cost model of FlexBert sub-networks (ALGORITHMS.md §10).
+"""Analytic cost model of FlexBert sub-networks (docs/algorithms.md §10).
 
 FLOPs = 2 x multiply-accumulates (MACs). Per layer with `a` heads of size `d_h`, `f` FFN neurons and `n` tokens:
 `n * (3*H*a*d_h + a*d_h*H + 2*H*f)` MACs in the linear layers plus `2 * n^2 * a*d_h` in the two attention
@@ -9,7 +9,7 @@ softmax and activations are not counted (as in the papers and in `torch.utils.fl
 from typing import Literal
 
 from .configuration_flexbert import FlexBertConfig
-from .modeling_flexbert import Width, cls_head_macs, layer_macs, subnet_layer_shapes
+from .flexbert_layers import Width, cls_head_macs, layer_macs, subnet_layer_shapes
 
 Head = Literal["sequence_classification", "question_answering", "none"]
 PAPER_SEQ_LENGTH = 128  # the papers count linear layers only, at padded length 128 (thop style)

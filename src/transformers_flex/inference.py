@@ -1,25 +1,18 @@
-"""GEEP exit-layer prediction and bucketed inference (ALGORITHMS.md §8).
+"""GEEP exit-layer prediction and bucketed inference (docs/algorithms.md §8).
 
-The per-example engine with compaction, gates and exit criteria lives in the portable model file
-(`FlexBertForSequenceClassification.dynamic_forward`, used by `model(...)` when `config.dynamic_inference`); this
-module adds GEEP's alternative: predict each example's exit layer from its tokens, then run each predicted layer's
-rows as one full batch to exactly that layer.
+The per-example engine with compaction, gates and exit criteria lives in the portable unit (`flexbert_engine.py`:
+`model.dynamic_forward`, used by `model(...)` when `config.dynamic_inference`); this module adds GEEP's alternative:
+predict each example's exit layer from its tokens, then run each predicted layer's rows as one full batch to exactly
+that layer, on the same engine with planned exits.
 """
 
 import torch
 
-from .modeling_flexbert import (
-    FlexBertDynamicOutput,
-    FlexBertForSequenceClassification,
-    additive_attention_mask,
-    cls_head_macs,
-    last_real_column,
-    layer_macs,
-)
+from .modeling_flexbert import FlexBertDynamicOutput, FlexBertForSequenceClassification
 
 
 class ExitLayerPredictor:
-    """GEEP's exit-layer prediction from tokens (ALGORITHMS.md §8, our reading).
+    """GEEP's exit-layer prediction from tokens (docs/algorithms.md §8, our reading).
 
     `fit` counts, for every token id, the exit layers of the training examples it appears in (one vote per
     occurrence); `predict` gives a new example the mean expected exit layer of its real tokens, rounded to the
@@ -80,47 +73,27 @@ def bucketed_forward(
     token_type_ids: torch.Tensor | None = None,
 ) -> FlexBertDynamicOutput:
     """GEEP-style inference: rows grouped by predicted exit layer, each group run as one dense batch to exactly that
-    layer (at the active sub-network's widths), and only that layer's classifier (its off-ramp, or the final head)
-    evaluated."""
-    config, encoder = model.config, model.bert.encoder
+    layer (at the active sub-network's widths, trimmed to the group's longest row), and only that layer's classifier
+    (its off-ramp, or the final head) evaluated. Each group is one call of the engine with planned exits."""
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    batch_size, device = input_ids.shape[0], input_ids.device
-    logits = torch.zeros(batch_size, config.num_labels, device=device)
-    flops = torch.zeros(batch_size, dtype=torch.float64, device=device)
-    layer_widths = torch.zeros(batch_size, config.num_hidden_layers, device=device)
-    head_flops = 2 * cls_head_macs(config.hidden_size, config.num_labels)
-    answering = {index + 1 for index in encoder.active_layers if str(index + 1) in model.off_ramps}
-    answering.add(encoder.active_layers[-1] + 1)
-    unknown = set(predicted_layers.tolist()) - answering
-    if unknown:
-        raise ValueError(
-            f"Predicted layers {sorted(unknown)} have no classifier; layers that answer: {sorted(answering)}."
-        )
+    parts = []
     for layer in predicted_layers.unique().tolist():
         rows = (predicted_layers == layer).nonzero().squeeze(1)
-        lengths = attention_mask[rows].sum(dim=1)
-        longest = last_real_column(attention_mask[rows])  # each bucket is trimmed to its own longest row
-        types = None if token_type_ids is None else token_type_ids[rows, :longest]
-        hidden = model.bert.embeddings(input_ids[rows, :longest], types, None, None)
-        additive = additive_attention_mask(attention_mask[rows, :longest], hidden.dtype)
-        cls_states = {}  # what a knowledgeable final classifier mixes
-        for index in [i for i in encoder.active_layers if i < layer]:
-            block = encoder.layer[index]
-            hidden, _ = block(hidden, additive)
-            cls_states[index + 1] = hidden[:, 0]
-            heads, neurons = block.active_heads, block.active_intermediate_size
-            flops[rows] += 2 * layer_macs(config.hidden_size, config.head_size, heads, neurons, lengths.double())
-            layer_widths[rows, index] = encoder.layer_widths[index]
-        if layer == encoder.active_layers[-1] + 1:
-            logits[rows] = model.final_logits(hidden, cls_states).float()
-            flops[rows] += head_flops
-        else:
-            ramp = model.off_ramps[str(layer)]
-            logits[rows] = ramp(hidden, attention_mask[rows, :longest]).float()
-            flops[rows] += 2 * ramp.macs(lengths.double())
-    return FlexBertDynamicOutput(
-        logits=logits, exit_layers=predicted_layers.clone(), layer_widths=layer_widths, flops=flops
-    )
+        output = model.dynamic_forward(
+            input_ids[rows],
+            attention_mask[rows],
+            None if token_type_ids is None else token_type_ids[rows],
+            use_gates=False,
+            exit_at=predicted_layers[rows],
+        )
+        parts.append((rows, output))
+    merged = {}
+    for key in ("logits", "exit_layers", "layer_widths", "flops"):
+        first = parts[0][1][key]
+        merged[key] = first.new_zeros((len(input_ids), *first.shape[1:]))
+        for rows, output in parts:
+            merged[key][rows] = output[key]
+    return FlexBertDynamicOutput(**merged)
 
 
 __all__ = ["ExitLayerPredictor", "bucketed_forward", "fit_exit_predictor"]

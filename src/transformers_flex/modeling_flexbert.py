@@ -1,14 +1,13 @@
 """FlexBert: a BERT encoder whose width (heads + FFN neurons) and depth change at run time, from one weight set.
 
-Parameter names are BERT's, so every BERT checkpoint loads unchanged. A sub-network keeps a *prefix* of each
-layer's heads and FFN neurons (DynaBERT) and a subset of the layers (`every_other` or `prefix`). Every hidden
-state stays `hidden_size` wide.
+Parameter names are BERT's, so every BERT checkpoint loads unchanged. The building blocks live in
+`flexbert_layers.py` and the batched dynamic engine the heads share in `flexbert_engine.py`; this file holds the
+pre-trained model class and the heads.
 
 Part of the portable unit copied into every checkpoint: imports only torch/transformers and flat siblings.
 """
 
 import copy
-import math
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,16 +18,34 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
     QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
 )
 
-from .configuration_flexbert import DEPTH_RULES, EXIT_CRITERIA, FlexBertConfig
-
-Width = float | Sequence[float]
+from .configuration_flexbert import FlexBertConfig
+from .flexbert_engine import FlexBertDynamicMixin, prediction_entropy
+from .flexbert_layers import (
+    FlexBertAttentionRamp,
+    FlexBertEmbeddings,
+    FlexBertEncoder,
+    FlexBertLayerMix,
+    FlexBertOffRamp,
+    FlexBertPooler,
+    FlexBertWidthGate,
+    Subnet,
+    Width,
+    additive_attention_mask,
+    cls_head_macs,
+    heads_for_width,
+    kept_layer_indices,
+    last_real_column,
+    layer_macs,
+    neurons_for_heads,
+    subnet_layer_shapes,
+    width_shape,
+)
 
 
 @dataclass
@@ -49,470 +66,6 @@ class FlexBertDynamicOutput(SequenceClassifierOutput):
     flops: torch.DoubleTensor | None = None
 
 
-def _round_half_up(value: float) -> int:
-    """Round to the nearest integer, halves up (Python's `round` sends 2.5 to 2)."""
-    return int(math.floor(value + 0.5))
-
-
-def heads_for_width(num_heads: int, width: float) -> int:
-    """Heads kept at width multiplier `width`: `round(num_heads * width)`, at least one."""
-    return max(1, _round_half_up(num_heads * width))
-
-
-def neurons_for_heads(intermediate_size: int, kept_heads: int, num_heads: int) -> int:
-    """FFN neurons kept alongside `kept_heads` heads: the FFN follows the head ratio (DynaBERT)."""
-    return max(1, kept_heads * intermediate_size // num_heads)
-
-
-def width_shape(num_heads: int, intermediate_size: int, width: float) -> tuple[int, int]:
-    """(heads, FFN neurons) a layer of this size keeps at `width`."""
-    heads = heads_for_width(num_heads, width)
-    return heads, neurons_for_heads(intermediate_size, heads, num_heads)
-
-
-def kept_layer_indices(num_layers: int, depth: float, depth_rule: str) -> list[int]:
-    """0-based indices of the layers a depth multiplier keeps, under `every_other` or `prefix`."""
-    if depth_rule not in DEPTH_RULES:
-        raise ValueError(f"`depth_rule` must be one of {DEPTH_RULES}, got {depth_rule!r}.")
-    kept = max(1, _round_half_up(num_layers * depth))
-    if depth_rule == "prefix":
-        return list(range(kept))
-    # every_other: layer floor(i / d) for i < n; the epsilon keeps exact quotients such as 3 / 0.75 at 4.
-    return [min(num_layers - 1, int(math.floor(i / depth + 1e-6))) for i in range(kept)]
-
-
-def subnet_layer_shapes(config: FlexBertConfig, width: Width, depth: float) -> list[tuple[int, int, int]]:
-    """`(layer index, heads, FFN neurons)` of every layer a sub-network runs; validates width and depth."""
-    widths = _per_layer_widths(width, config.num_hidden_layers)
-    _check_multiplier("depth", depth)
-    shapes = []
-    for index in kept_layer_indices(config.num_hidden_layers, depth, config.depth_rule):
-        heads, neurons = width_shape(
-            config.num_heads_of_layer(index), config.intermediate_size_of_layer(index), widths[index]
-        )
-        shapes.append((index, heads, neurons))
-    return shapes
-
-
-def _check_multiplier(name: str, value) -> None:
-    """Raise a clear error unless `value` is a number in (0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError(f"`{name}` must be a number in (0, 1], got {value!r}.")
-
-
-def _per_layer_widths(width: Width, num_layers: int) -> list[float]:
-    """Expand a width (one number, or one per layer) to a validated per-layer list."""
-    if isinstance(width, (list, tuple)):
-        if len(width) != num_layers:
-            raise ValueError(
-                f"A per-layer `width` needs one entry per layer ({num_layers}), got {len(width)}: {list(width)}."
-            )
-        for layer_width in width:
-            _check_multiplier("width", layer_width)
-        return [float(layer_width) for layer_width in width]
-    _check_multiplier("width", width)
-    return [float(width)] * num_layers
-
-
-def layer_macs(hidden_size: int, head_size: int, heads: int, neurons: int, seq_length, linear_only: bool = False):
-    """Multiply-accumulates of one layer for one example of `seq_length` tokens (an int, or a tensor of lengths):
-    the linear layers plus, unless `linear_only`, the two attention matmuls (ALGORITHMS.md §10)."""
-    attention_width = heads * head_size
-    linear = seq_length * (
-        3 * hidden_size * attention_width + attention_width * hidden_size + 2 * hidden_size * neurons
-    )
-    attention = 0 if linear_only else 2 * seq_length * seq_length * attention_width
-    return linear + attention
-
-
-def cls_head_macs(hidden_size: int, num_outputs: int) -> int:
-    """Multiply-accumulates of a head on the [CLS] vector, dense H->H then H->outputs: the pooler + classifier, an
-    off-ramp, or a width gate."""
-    return hidden_size * hidden_size + hidden_size * num_outputs
-
-
-def prediction_entropy(logits: torch.Tensor, normalized: bool = False) -> torch.Tensor:
-    """Entropy (natural log) of each row's softmax; divided by ln(classes) when `normalized` (FastBERT)."""
-    log_probs = logits.float().log_softmax(dim=-1)
-    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
-    return entropy / math.log(logits.shape[-1]) if normalized else entropy
-
-
-def patience_update(
-    logits: torch.Tensor, previous: torch.Tensor | None, streak: torch.Tensor, regression_tolerance: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PABEE's counter: (prediction, consecutive agreements) after one more ramp.
-
-    Classification: a ramp agrees when its argmax equals the previous ramp's. Regression: when its output differs
-    from the previous one by less than `regression_tolerance`.
-    """
-    prediction = logits[:, 0] if logits.shape[-1] == 1 else logits.argmax(dim=-1).to(logits.dtype)
-    if previous is None:
-        return prediction, torch.zeros_like(streak)
-    if logits.shape[-1] == 1:
-        agrees = (prediction - previous).abs() < regression_tolerance
-    else:
-        agrees = prediction == previous
-    return prediction, torch.where(agrees, streak + 1, torch.zeros_like(streak))
-
-
-def last_real_column(attention_mask: torch.Tensor) -> int:
-    """One past the last column holding a real token in any row: what can be cut off (right padding only). A batch
-    with no real token at all is kept whole."""
-    real_columns = attention_mask.any(dim=0).nonzero()
-    return int(real_columns.max()) + 1 if len(real_columns) else attention_mask.shape[1]
-
-
-class FlexBertEmbeddings(nn.Module):
-    """Word + position + token-type embeddings, LayerNorm, dropout (as BERT's)."""
-
-    def __init__(self, config: FlexBertConfig):
-        super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None,
-        token_type_ids: torch.Tensor | None,
-        position_ids: torch.Tensor | None,
-        inputs_embeds: torch.Tensor | None,
-    ) -> torch.Tensor:
-        if inputs_embeds is None:
-            inputs_embeds = self.word_embeddings(input_ids)
-        seq_length = inputs_embeds.shape[1]
-        if position_ids is None:
-            position_ids = torch.arange(seq_length, device=inputs_embeds.device).unsqueeze(0)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        embeddings = (
-            inputs_embeds + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
-        )
-        return self.dropout(self.LayerNorm(embeddings))
-
-
-class FlexBertSelfAttention(nn.Module):
-    """Multi-head self-attention that runs its first `active_heads` heads."""
-
-    def __init__(self, config: FlexBertConfig, num_heads: int):
-        super().__init__()
-        self.head_size = config.head_size
-        self.num_heads = num_heads
-        self.active_heads = num_heads
-        self.query = nn.Linear(config.hidden_size, num_heads * self.head_size)
-        self.key = nn.Linear(config.hidden_size, num_heads * self.head_size)
-        self.value = nn.Linear(config.hidden_size, num_heads * self.head_size)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
-        self.config = config  # read at run time: `set_attn_implementation` may switch to eager later
-
-    def _project(self, linear: nn.Linear, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Apply `linear` for the active heads only, as (batch, heads, length, head_size)."""
-        if self.active_heads == self.num_heads:
-            projected = linear(hidden_states)  # the module itself, so adapters wrapping it (LoRA) take part
-        else:
-            rows = self.active_heads * self.head_size  # a row prefix of the weight is a contiguous view
-            projected = F.linear(hidden_states, linear.weight[:rows], linear.bias[:rows])
-        batch_size, seq_length, _ = hidden_states.shape
-        return projected.view(batch_size, seq_length, self.active_heads, self.head_size).transpose(1, 2)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        query = self._project(self.query, hidden_states)
-        key = self._project(self.key, hidden_states)
-        value = self._project(self.value, hidden_states)
-        dropout = self.dropout.p if self.training else 0.0
-        if output_attentions or self.config._attn_implementation == "eager":
-            scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(self.head_size)
-            if attention_mask is not None:
-                scores = scores + attention_mask
-            probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=self.training)
-            context = torch.matmul(probs, value)
-        else:
-            probs = None
-            context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout)
-        # (batch, heads, length, head_size) -> (batch, length, heads * head_size)
-        context = context.transpose(1, 2).flatten(2)
-        return context, (probs if output_attentions else None)
-
-
-def _input_prefix_linear(linear: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
-    """Apply `linear` to inputs that may be narrower than its input size, using the first columns of its weight."""
-    if inputs.shape[-1] == linear.in_features:
-        return linear(inputs)  # the module itself, so adapters wrapping it (LoRA) take part
-    return F.linear(inputs, linear.weight[:, : inputs.shape[-1]], linear.bias)
-
-
-class FlexBertSelfOutput(nn.Module):
-    """Attention output projection (its input width follows the active heads), residual, LayerNorm."""
-
-    def __init__(self, config: FlexBertConfig, num_heads: int):
-        super().__init__()
-        self.dense = nn.Linear(num_heads * config.head_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(_input_prefix_linear(self.dense, context)) + residual)
-
-
-class FlexBertAttention(nn.Module):
-    def __init__(self, config: FlexBertConfig, num_heads: int):
-        super().__init__()
-        self.self = FlexBertSelfAttention(config, num_heads)
-        self.output = FlexBertSelfOutput(config, num_heads)
-
-    def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        context, probs = self.self(hidden_states, attention_mask, output_attentions)
-        return self.output(context, hidden_states), probs
-
-
-class FlexBertIntermediate(nn.Module):
-    """First FFN projection, running its first `active_size` neurons."""
-
-    def __init__(self, config: FlexBertConfig, intermediate_size: int):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, intermediate_size)
-        self.active_size = intermediate_size
-        self.intermediate_act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.active_size == self.dense.out_features:
-            projected = self.dense(hidden_states)
-        else:
-            projected = F.linear(
-                hidden_states, self.dense.weight[: self.active_size], self.dense.bias[: self.active_size]
-            )
-        return self.intermediate_act_fn(projected)
-
-
-class FlexBertOutput(nn.Module):
-    """Second FFN projection (its input width follows the active neurons), residual, LayerNorm."""
-
-    def __init__(self, config: FlexBertConfig, intermediate_size: int):
-        super().__init__()
-        self.dense = nn.Linear(intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, intermediate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(_input_prefix_linear(self.dense, intermediate)) + residual)
-
-
-class FlexBertLayer(nn.Module):
-    """One Transformer layer whose width (heads, and FFN neurons in the same ratio) can be narrowed."""
-
-    def __init__(self, config: FlexBertConfig, layer_index: int):
-        super().__init__()
-        self.num_heads = config.num_heads_of_layer(layer_index)
-        self.intermediate_size = config.intermediate_size_of_layer(layer_index)
-        self.attention = FlexBertAttention(config, self.num_heads)
-        self.intermediate = FlexBertIntermediate(config, self.intermediate_size)
-        self.output = FlexBertOutput(config, self.intermediate_size)
-
-    def set_width(self, width: float) -> None:
-        """Run the first `round(heads * width)` heads and the same share of FFN neurons."""
-        heads, neurons = width_shape(self.num_heads, self.intermediate_size, width)
-        self.attention.self.active_heads, self.intermediate.active_size = heads, neurons
-
-    @contextmanager
-    def at_width(self, width: float) -> Iterator["FlexBertLayer"]:
-        """Run at `width` inside the block, then return to the previous width."""
-        previous = (self.attention.self.active_heads, self.intermediate.active_size)
-        self.set_width(width)
-        try:
-            yield self
-        finally:
-            self.attention.self.active_heads, self.intermediate.active_size = previous
-
-    @property
-    def active_heads(self) -> int:
-        return self.attention.self.active_heads
-
-    @property
-    def active_intermediate_size(self) -> int:
-        return self.intermediate.active_size
-
-    def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attention_output, probs = self.attention(hidden_states, attention_mask, output_attentions)
-        intermediate = self.intermediate(attention_output)
-        return self.output(intermediate, attention_output), probs
-
-
-class FlexBertEncoder(nn.Module):
-    """The stack of layers; runs the layers the active depth keeps, each at its active width."""
-
-    def __init__(self, config: FlexBertConfig):
-        super().__init__()
-        self.config = config
-        self.layer = nn.ModuleList([FlexBertLayer(config, index) for index in range(config.num_hidden_layers)])
-        self.width: Width = 1.0
-        self.depth: float = 1.0
-        self.active_layers: list[int] = list(range(config.num_hidden_layers))
-
-    def set_subnet(self, width: Width = 1.0, depth: float = 1.0) -> None:
-        """Validate and apply a width (one number or one per layer) and a depth multiplier."""
-        widths = _per_layer_widths(width, len(self.layer))
-        _check_multiplier("depth", depth)
-        for layer, layer_width in zip(self.layer, widths):
-            layer.set_width(layer_width)
-        self.active_layers = kept_layer_indices(len(self.layer), depth, self.config.depth_rule)
-        self.width = list(width) if isinstance(width, (list, tuple)) else width
-        self.depth = depth
-
-    @property
-    def layer_widths(self) -> list[float]:
-        """The active width multiplier of every layer."""
-        return _per_layer_widths(self.width, len(self.layer))
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for index in self.active_layers:
-            hidden_states, probs = self.layer[index](hidden_states, attention_mask, output_attentions)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (probs,)
-        return hidden_states, all_hidden_states, all_attentions
-
-
-class FlexBertPooler(nn.Module):
-    """Dense + tanh on the first ([CLS]) token (as BERT's)."""
-
-    def __init__(self, config: FlexBertConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.activation = nn.Tanh()
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.dense(hidden_states[:, 0]))
-
-
-class FlexBertOffRamp(nn.Module):
-    """An early-exit classifier after one layer: pooler (dense + tanh on [CLS]) -> dropout -> linear."""
-
-    def __init__(self, config: FlexBertConfig):
-        super().__init__()
-        self.pooler = FlexBertPooler(config)
-        classifier_dropout = (
-            config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        )
-        self.dropout = nn.Dropout(classifier_dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.classifier(self.dropout(self.pooler(hidden_states)))
-
-    def macs(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Multiply-accumulates per example (independent of its length)."""
-        return torch.full_like(lengths, cls_head_macs(self.classifier.in_features, self.classifier.out_features))
-
-
-class FlexBertAttentionRamp(nn.Module):
-    """A FastBERT-style off-ramp: project every token to a small width, one self-attention layer, then dense + tanh
-    and a linear classifier on [CLS]. Only the [CLS] output is read, so only its query is computed — the answer is
-    the full self-attention layer's at [CLS]."""
-
-    def __init__(self, config: FlexBertConfig):
-        super().__init__()
-        size, self.num_heads = config.ramp_attention_size, config.ramp_attention_heads
-        self.down = nn.Linear(config.hidden_size, size)
-        self.query = nn.Linear(size, size)
-        self.key = nn.Linear(size, size)
-        self.value = nn.Linear(size, size)
-        self.output = nn.Linear(size, size)
-        self.pooler = nn.Linear(size, size)
-        classifier_dropout = (
-            config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        )
-        self.dropout = nn.Dropout(classifier_dropout)
-        self.classifier = nn.Linear(size, config.num_labels)
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        tokens = self.down(hidden_states)
-        batch_size, seq_length, size = tokens.shape
-        head_size = size // self.num_heads
-        # (batch, heads, 1, head_size) query of [CLS]; (batch, heads, length, head_size) keys and values.
-        query = self.query(tokens[:, :1]).view(batch_size, 1, self.num_heads, head_size).transpose(1, 2)
-        key = self.key(tokens).view(batch_size, seq_length, self.num_heads, head_size).transpose(1, 2)
-        value = self.value(tokens).view(batch_size, seq_length, self.num_heads, head_size).transpose(1, 2)
-        mask = additive_attention_mask(attention_mask, tokens.dtype)
-        context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
-        cls = self.output(context.transpose(1, 2).reshape(batch_size, size)) + tokens[:, 0]  # residual
-        return self.classifier(self.dropout(torch.tanh(self.pooler(cls))))
-
-    def macs(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Multiply-accumulates per example of the given real lengths."""
-        hidden_size, size = self.down.in_features, self.down.out_features
-        per_token = hidden_size * size + 2 * size * size + 2 * size  # down, key, value, score and weighted sum
-        return lengths * per_token + 3 * size * size + size * self.classifier.out_features  # query, output, pooler
-
-
-class FlexBertLayerMix(nn.Module):
-    """GEEP's knowledgeable classifier input: a learned softmax-weighted mix of several layers' [CLS] states."""
-
-    def __init__(self, config: FlexBertConfig):
-        super().__init__()
-        self.layers = list(config.knowledgeable_layers)
-        self.weights = nn.Parameter(torch.zeros(len(self.layers)))  # zeros: a uniform mix to start
-
-    def forward(self, cls_states: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Mix `{1-based layer: (batch, hidden)}`; layers that did not run (a shallower sub-network) drop out."""
-        present = [position for position, layer in enumerate(self.layers) if layer in cls_states]
-        if not present:
-            raise ValueError(
-                f"None of the knowledgeable layers {self.layers} ran in this sub-network; pick a deeper one."
-            )
-        weights = self.weights[present].softmax(dim=0)
-        return sum(weight * cls_states[self.layers[position]] for weight, position in zip(weights, present))
-
-
-class FlexBertWidthGate(nn.Module):
-    """A width gate (Flexible BERT): dense H->H, ReLU, dense H->K; class k means width `config.gate_widths[k]` for
-    the next block of layers.
-
-    The paper's gates read the [CLS] state. The in-gate reads the embeddings' mean over real tokens instead: the
-    [CLS] embedding is the same for every input. Gates after a layer read that mean too by default
-    (`config.gate_pooling`): in all-MiniLM-L6-v2 the [CLS] state of layers 1-3 barely varies between inputs.
-    """
-
-    def __init__(self, config: FlexBertConfig, mean_pool: bool):
-        super().__init__()
-        self.mean_pool = mean_pool
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.activation = nn.ReLU()
-        self.classifier = nn.Linear(config.hidden_size, len(config.gate_widths))
-
-    def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """(batch, hidden) input of the gate: the mean over real tokens, or the [CLS] state (`mean_pool=False`)."""
-        if not self.mean_pool:
-            return hidden_states[:, 0]
-        if attention_mask is None:
-            return hidden_states.mean(dim=1)
-        weights = attention_mask[:, :, None].to(hidden_states.dtype)
-        return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1)
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.activation(self.dense(pooled)))
-
-
 class FlexBertPreTrainedModel(PreTrainedModel):
     config_class = FlexBertConfig
     config: FlexBertConfig
@@ -521,14 +74,15 @@ class FlexBertPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["FlexBertEmbeddings", "FlexBertLayer"]
     # BERT checkpoints may carry these buffers (and pre-training heads); they are not part of FlexBert.
     _keys_to_ignore_on_load_unexpected = [r"position_ids", r"token_type_ids", r"^cls\."]
-    # forward has no **kwargs, so the Trainer must not hand it loss kwargs (DESIGN.md rule 5).
+    # forward has no **kwargs, so the Trainer must not hand it loss kwargs and divides the loss for gradient
+    # accumulation itself (docs/architecture.md#gradient-accumulation).
     accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, FlexBertLayerMix):
-            init.zeros_(module.weights)  # built on the meta device: initialise here, not in __init__ (rule 3)
+            init.zeros_(module.weights)  # built on the meta device: initialise here, not in __init__
 
     # --- sub-network selection -------------------------------------------------------------------------------
 
@@ -537,7 +91,9 @@ class FlexBertPreTrainedModel(PreTrainedModel):
         return self.base_model.encoder
 
     def set_subnet(self, width: Width = 1.0, depth: float = 1.0) -> None:
-        """Make the sub-network of width `width` (a multiplier, or one per layer) and depth `depth` active.
+        """Make the sub-network of width `width` (a multiplier, or one per layer) and depth `depth` the default: what
+        runs when neither the call (`width=`/`depth=`) nor a `with model.subnet(...)` block chooses one. The default
+        is shared by every thread using the model; per-request choices belong in the call or in `subnet`.
 
         Raises `ValueError` for a width outside (0, 1], a per-layer list of the wrong length, or a depth outside
         (0, 1].
@@ -546,18 +102,23 @@ class FlexBertPreTrainedModel(PreTrainedModel):
 
     @contextmanager
     def subnet(self, width: Width = 1.0, depth: float = 1.0) -> Iterator["FlexBertPreTrainedModel"]:
-        """Context manager form of `set_subnet`: the previous sub-network is restored on exit."""
-        previous = self.active_subnet
-        self.set_subnet(width=width, depth=depth)
-        try:
+        """Run the (width, depth) sub-network inside the block. The choice is local to the calling thread or
+        asyncio task (a `contextvars` context), so concurrent requests on one model never see each other's; the
+        `set_subnet` default is untouched."""
+        with self._encoder.subnet(width=width, depth=depth):
             yield self
-        finally:
-            self.set_subnet(**previous)
 
     @property
     def active_subnet(self) -> dict:
-        """The active sub-network as `{"width": ..., "depth": ...}`."""
-        return {"width": self._encoder.width, "depth": self._encoder.depth}
+        """The sub-network a call without its own choice runs here, as `{"width": ..., "depth": ...}`."""
+        return self._encoder.active_subnet.as_dict()
+
+    def resolve_subnet(self, width: Width | None = None, depth: float | None = None) -> Subnet:
+        """The sub-network of one call: its own `width`/`depth` (a missing one is 1.0, as in `set_subnet`), else the
+        innermost `with model.subnet(...)` of the caller's context, else the `set_subnet` default."""
+        if width is None and depth is None:
+            return self._encoder.active_subnet
+        return self._encoder.make_subnet(1.0 if width is None else width, 1.0 if depth is None else depth)
 
     def subnet_shape(self, width: Width = 1.0, depth: float = 1.0) -> list[tuple[int, int, int]]:
         """`(layer index, heads, FFN neurons)` of every layer the given sub-network runs."""
@@ -571,22 +132,28 @@ class FlexBertPreTrainedModel(PreTrainedModel):
         """
         shape = self.subnet_shape(width=width, depth=depth)
         kept = [index for index, _, _ in shape]
+        mixed = [layer for layer in self.config.knowledgeable_layers or [] if layer - 1 in kept]
+        if self.config.knowledgeable_layers is not None and not mixed:
+            raise ValueError(
+                f"This sub-network keeps none of the knowledgeable layers {self.config.knowledgeable_layers}; "
+                "export a deeper one."
+            )
         config = copy.deepcopy(self.config)
-        config.num_hidden_layers = len(shape)
-        config.layer_num_heads = [heads for _, heads, _ in shape]
-        config.layer_intermediate_sizes = [neurons for _, _, neurons in shape]
-        # Widths and depths of the export are relative to its own (smaller) layers.
-        config.width_mults, config.depth_mults = [1.0], [1.0]
-        config.gate_widths, config.gate_block_size = [1.0], 0  # gates pick supernet widths: not exported
-        config.exit_layers = [kept.index(layer - 1) + 1 for layer in config.exit_layers if layer - 1 in kept]
-        mixed = [layer for layer in config.knowledgeable_layers or [] if layer - 1 in kept]
-        if config.knowledgeable_layers is not None:
-            if not mixed:
-                raise ValueError(
-                    f"This sub-network keeps none of the knowledgeable layers {config.knowledgeable_layers}; "
-                    "export a deeper one."
-                )
-            config.knowledgeable_layers = [kept.index(layer - 1) + 1 for layer in mixed]
+        # One update, validated once at the end: the fields depend on each other (layer counts and per-layer lists).
+        config.update(
+            {
+                "num_hidden_layers": len(shape),
+                "layer_num_heads": [heads for _, heads, _ in shape],
+                "layer_intermediate_sizes": [neurons for _, _, neurons in shape],
+                # Widths and depths of the export are relative to its own (smaller) layers.
+                "width_mults": [1.0],
+                "depth_mults": [1.0],
+                "gate_widths": [1.0],  # gates pick supernet widths: not exported
+                "gate_block_size": 0,
+                "exit_layers": [kept.index(layer - 1) + 1 for layer in config.exit_layers if layer - 1 in kept],
+                "knowledgeable_layers": None if not mixed else [kept.index(layer - 1) + 1 for layer in mixed],
+            }
+        )
         compact = type(self)(config).to(device=self.device, dtype=self.dtype)
         source = self.state_dict()
         compact_state = {}
@@ -617,16 +184,6 @@ class FlexBertPreTrainedModel(PreTrainedModel):
             )
 
 
-def additive_attention_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(batch, length) 1/0 mask -> (batch, 1, 1, length) additive mask; None when nothing is padded."""
-    if attention_mask is None or bool(attention_mask.all()):
-        return None
-    blocked = attention_mask[:, None, None, :].eq(0)
-    return torch.zeros(blocked.shape, dtype=dtype, device=attention_mask.device).masked_fill(
-        blocked, torch.finfo(dtype).min
-    )
-
-
 class FlexBertModel(FlexBertPreTrainedModel):
     """The bare FlexBert encoder (embeddings, flexible layers, optional pooler)."""
 
@@ -654,7 +211,13 @@ class FlexBertModel(FlexBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        width: Width | None = None,
+        depth: float | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
+        r"""
+        width (`float` or `list[float]`, *optional*), depth (`float`, *optional*):
+            The sub-network of this call only (see `resolve_subnet`); by default the active one.
+        """
         self._reject_head_mask(head_mask)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
@@ -665,7 +228,11 @@ class FlexBertModel(FlexBertPreTrainedModel):
         embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         mask = additive_attention_mask(attention_mask, embeddings.dtype)
         sequence_output, hidden_states, attentions = self.encoder(
-            embeddings, mask, output_hidden_states=output_hidden_states, output_attentions=output_attentions
+            embeddings,
+            mask,
+            subnet=self.resolve_subnet(width, depth),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
         output = BaseModelOutputWithPooling(
             last_hidden_state=sequence_output,
@@ -676,7 +243,7 @@ class FlexBertModel(FlexBertPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
 
-class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
+class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrainedModel):
     """FlexBert with BERT's classification head (pooler -> dropout -> linear) for GLUE-style tasks."""
 
     def __init__(self, config: FlexBertConfig):
@@ -723,10 +290,14 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         return self.classifier(self.dropout(self.bert.pooler(hidden)))
 
     def ramp_logits(
-        self, hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor | None = None
+        self,
+        hidden_states: tuple[torch.Tensor, ...],
+        attention_mask: torch.Tensor | None = None,
+        subnet: Subnet | None = None,
     ) -> dict[int, torch.Tensor]:
-        """Logits of every off-ramp whose layer ran, keyed by its 1-based layer, from a forward's hidden states."""
-        ran = self.bert.encoder.active_layers
+        """Logits of every off-ramp whose layer ran, keyed by its 1-based layer, from the hidden states of a forward
+        of `subnet` (by default the active sub-network)."""
+        ran = self.bert.encoder.kept_layers(subnet)
         return {
             int(layer): ramp(hidden_states[ran.index(int(layer) - 1) + 1], attention_mask)
             for layer, ramp in self.off_ramps.items()
@@ -750,160 +321,71 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
             return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
-    # --- dynamic (per-example) inference: ALGORITHMS.md §5-7, §9 -------------------------------------------------
+    # --- the dynamic engine's hooks (flexbert_engine.py; docs/algorithms.md §5-9) -----------------------------
 
-    def _check_dynamic_settings(self, criterion: str, use_gates: bool, use_ramps: bool) -> None:
-        if criterion not in EXIT_CRITERIA:
-            raise ValueError(f"`criterion` must be one of {EXIT_CRITERIA}, got {criterion!r}.")
-        if use_ramps and len(self.off_ramps) and self.num_labels == 1 and criterion != "patience":
-            raise ValueError("A regression model has no prediction entropy: use `criterion='patience'`.")
-        if not use_gates:
-            return
-        if len(self.width_gates) and self.bert.encoder.depth != 1.0:
-            raise ValueError(
-                "Width gates are trained at full depth: use them with `depth=1.0`, or pass `use_gates=False`."
-            )
-        for gate in self.width_gates.values():
-            if gate.classifier.out_features != len(self.config.gate_widths):
-                raise ValueError(
-                    f"The width gates have {gate.classifier.out_features} classes but `config.gate_widths` lists "
-                    f"{len(self.config.gate_widths)} widths: remap them with a list of the same length."
-                )
+    def answer_layers(self, active_layers: list[int]) -> list[int]:
+        return [int(layer) for layer in self.off_ramps if int(layer) - 1 in active_layers[:-1]]
 
-    def _run_layer_by_width(
-        self, layer: FlexBertLayer, hidden: torch.Tensor, mask: torch.Tensor, widths: torch.Tensor, lengths
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One layer with every row at its own width. Each run of consecutive rows sharing a width (one run per width
-        when `widths` is sorted) runs as one dense batch, trimmed to its longest row. With one width the layer's
-        output is a new tensor; with several, each run's output is written back into `hidden` in place (no gather or
-        scatter), so callers must not keep views of `hidden`. Returns the new hidden states and each row's FLOPs."""
-        config = self.config
-        block_widths, block_sizes = torch.unique_consecutive(widths, return_counts=True)
-        if len(block_widths) == 1:  # the common case: one width for all rows
-            with layer.at_width(float(block_widths[0])):
-                output, _ = layer(hidden, additive_attention_mask(mask, hidden.dtype))
-                heads, neurons = layer.active_heads, layer.active_intermediate_size
-            return output, 2 * layer_macs(config.hidden_size, config.head_size, heads, neurons, lengths.double())
-        flops = torch.zeros(len(widths), dtype=torch.float64, device=hidden.device)
-        start = 0
-        for width, size in zip(block_widths.tolist(), block_sizes.tolist()):
-            block = slice(start, start + size)
-            longest = last_real_column(mask[block])
-            with layer.at_width(width):
-                block_mask = additive_attention_mask(mask[block, :longest], hidden.dtype)
-                # The block's padding columns past `longest` keep their old (finite, never attended) states.
-                hidden[block, :longest], _ = layer(hidden[block, :longest], block_mask)
-                heads, neurons = layer.active_heads, layer.active_intermediate_size
-            block_lengths = lengths[block].double()
-            flops[block] = 2 * layer_macs(config.hidden_size, config.head_size, heads, neurons, block_lengths)
-            start += size
-        return hidden, flops
+    def layer_answer(
+        self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, cls_states: dict[int, torch.Tensor], last: bool
+    ) -> torch.Tensor:
+        if last:
+            return self.final_logits(hidden, cls_states).float()
+        return self.off_ramps[str(layer)](hidden, mask).float()
 
-    @torch.no_grad()
-    def dynamic_forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        criterion: str | None = None,
-        threshold: float | None = None,
-        use_gates: bool = True,
-        use_ramps: bool = True,
-    ) -> FlexBertDynamicOutput:
-        """Per-example inference on a batch: width gates pick each block's width, off-ramps answer early.
+    def answer_macs(self, layer: int, lengths: torch.Tensor, last: bool) -> torch.Tensor:
+        if last:  # the pooler and classifier (a knowledgeable mix costs a weighted sum: not counted)
+            return torch.full_like(lengths, cls_head_macs(self.config.hidden_size, self.num_labels))
+        return self.off_ramps[str(layer)].macs(lengths)
 
-        After every layer with an off-ramp, rows whose ramp satisfies the exit criterion (`criterion`/`threshold`,
-        by default the config's) answer and leave; the rest continue as a smaller dense batch with trailing padding
-        trimmed. Rows that gates sent to different widths run a layer as one dense group per width; gates override
-        the active sub-network's width and need full depth. Without gates (or with `use_gates=False`), every layer
-        runs at the active sub-network's width; with `use_ramps=False` no ramp runs and the last active layer
-        answers. Every example gets the answer, exit layer and widths it would get alone.
-        """
-        config, encoder = self.config, self.bert.encoder
-        criterion = config.exit_criterion if criterion is None else criterion
-        threshold = config.exit_threshold if threshold is None else threshold
-        self._check_dynamic_settings(criterion, use_gates, use_ramps)
-        hidden = self.bert.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-        batch_size, device = hidden.shape[0], hidden.device
-        mask = (
-            torch.ones(hidden.shape[:2], dtype=torch.long, device=device) if attention_mask is None else attention_mask
-        )
-        lengths = mask.sum(dim=1)
-        gates = self.width_gates if use_gates else {}
-        ramps = self.off_ramps if use_ramps else {}
-        gate_widths = torch.tensor(config.gate_widths, dtype=torch.float64, device=device)
-        static_widths = encoder.layer_widths
-        logits = torch.zeros(batch_size, config.num_labels, device=device)
-        exit_layers = torch.zeros(batch_size, dtype=torch.long, device=device)
-        layer_widths = torch.zeros(batch_size, config.num_hidden_layers, device=device)
-        flops = torch.zeros(batch_size, dtype=torch.float64, device=device)
-        head_flops = 2 * cls_head_macs(config.hidden_size, config.num_labels)
-        gate_flops = 2 * cls_head_macs(config.hidden_size, len(config.gate_widths))
-        rows = torch.arange(batch_size, device=device)  # original index of every row still running
-        row_widths = None  # each running row's width, once a gate has picked one
-        mixed_layers = [] if self.layer_mix is None else self.layer_mix.layers
-        cls_states = {}  # [CLS] states of the knowledgeable classifier's layers, for the running rows
-        previous, streak = None, torch.zeros(batch_size, dtype=torch.long, device=device)
-        for index in encoder.active_layers:
-            # Trailing columns that are padding for every running row are dropped (length bucketing on the fly).
-            longest = last_real_column(mask)
-            hidden, mask = hidden[:, :longest], mask[:, :longest]
-            if str(index) in gates:
-                gate = gates[str(index)]
-                row_widths = gate_widths[gate(gate.pool(hidden, mask)).argmax(dim=-1)]
-                flops[rows] += gate_flops
-                # Rows sorted by width until the next gate: each width's rows are one contiguous block.
-                order = row_widths.argsort(stable=True)
-                rows, hidden, mask, row_widths = rows[order], hidden[order], mask[order], row_widths[order]
-                cls_states = {layer: states[order] for layer, states in cls_states.items()}
-                previous = None if previous is None else previous[order]
-            widths = row_widths
-            if widths is None:
-                widths = torch.full((len(rows),), static_widths[index], dtype=torch.float64, device=device)
-            hidden, spent = self._run_layer_by_width(encoder.layer[index], hidden, mask, widths, lengths[rows])
-            flops[rows] += spent
-            layer_widths[rows, index] = widths.float()
-            if index + 1 in mixed_layers:
-                cls_states[index + 1] = hidden[:, 0].clone()  # later width blocks write into `hidden` in place
-            if index == encoder.active_layers[-1]:
-                logits[rows] = self.final_logits(hidden, cls_states).float()
-                exit_layers[rows] = index + 1
-                flops[rows] += head_flops
-                break
-            if str(index + 1) not in ramps:
-                continue
-            ramp = ramps[str(index + 1)]
-            answer = ramp(hidden, mask).float()
-            flops[rows] += 2 * ramp.macs(lengths[rows].double())
-            if criterion == "patience":
-                previous, streak[rows] = patience_update(
-                    answer, previous, streak[rows], config.exit_regression_tolerance
-                )
-                done = streak[rows] >= threshold
-            else:
-                done = prediction_entropy(answer, normalized=criterion == "normalized_entropy") < threshold
-            if not bool(done.any()):
-                continue  # nobody leaves: no copies
-            logits[rows[done]] = answer[done]
-            exit_layers[rows[done]] = index + 1
-            # Compaction: only the rows that go on run the next layers, as a smaller dense batch.
-            keep = ~done
-            rows, hidden, mask = rows[keep], hidden[keep], mask[keep]
-            row_widths = None if row_widths is None else row_widths[keep]
-            cls_states = {layer: states[keep] for layer, states in cls_states.items()}
-            previous = None if previous is None else previous[keep]
-            if rows.numel() == 0:
-                break
+    def answer_uncertainty(self, answer: torch.Tensor, criterion: str) -> torch.Tensor:
+        return prediction_entropy(answer, normalized=criterion == "normalized_entropy")
+
+    def predictions_agree(
+        self, previous: torch.Tensor | None, answer: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """PABEE: the argmax agrees with the previous ramp's; regression: within `config.exit_regression_tolerance`."""
+        regression = answer.shape[-1] == 1
+        prediction = answer[:, 0] if regression else answer.argmax(dim=-1).to(answer.dtype)
+        if previous is None:
+            return prediction, None
+        if regression:
+            return prediction, (prediction - previous).abs() < self.config.exit_regression_tolerance
+        return prediction, prediction == previous
+
+    def empty_answers(self, batch_size: int, seq_length: int, device: torch.device) -> torch.Tensor:
+        return torch.zeros(batch_size, self.num_labels, device=device)
+
+    def store_answers(self, answers: torch.Tensor, rows: torch.Tensor, answer: torch.Tensor) -> None:
+        answers[rows] = answer
+
+    def dynamic_output(self, answers, exit_layers, layer_widths, flops, labels) -> "FlexBertDynamicOutput":
         return FlexBertDynamicOutput(
-            loss=self.classification_loss(logits, labels) if labels is not None else None,
-            logits=logits,
+            loss=self.classification_loss(answers, labels) if labels is not None else None,
+            logits=answers,
             exit_layers=exit_layers,
             layer_widths=layer_widths,
             flops=flops,
         )
+
+    def cls_state_layers(self) -> Sequence[int]:
+        return () if self.layer_mix is None else self.layer_mix.layers
+
+    def check_exit_settings(self, criterion: str, use_ramps: bool) -> None:
+        super().check_exit_settings(criterion, use_ramps)
+        if use_ramps and len(self.off_ramps) and self.num_labels == 1 and criterion != "patience":
+            raise ValueError("A regression model has no prediction entropy: use `criterion='patience'`.")
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, refusing a config whose `gate_widths` no longer match the gates (the
+        checkpoint would not load)."""
+        for gate in self.width_gates.values():
+            if gate.classifier.out_features != len(self.config.gate_widths):
+                raise ValueError(
+                    f"The width gates have {gate.classifier.out_features} classes but `config.gate_widths` lists "
+                    f"{len(self.config.gate_widths)} widths: give one width per class before saving."
+                )
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def forward(
         self,
@@ -917,7 +399,14 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        width: Width | None = None,
+        depth: float | None = None,
     ) -> SequenceClassifierOutput | tuple:
+        r"""
+        width (`float` or `list[float]`, *optional*), depth (`float`, *optional*):
+            The sub-network of this call only (see `resolve_subnet`); by default the active one.
+        """
+        subnet = self.resolve_subnet(width, depth)  # resolved once, so every part of this call runs the same one
         if self.config.dynamic_inference and not self.training:
             self._reject_head_mask(head_mask)
             if output_attentions or output_hidden_states:
@@ -926,7 +415,14 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
                     "`config.dynamic_inference = False` to get them."
                 )
             output = self.dynamic_forward(
-                input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, labels
+                input_ids,
+                attention_mask,
+                token_type_ids,
+                position_ids,
+                inputs_embeds,
+                labels,
+                width=subnet.width,
+                depth=subnet.depth,
             )
             return output if return_dict is not False else output.to_tuple()
         if output_hidden_states is None:
@@ -941,9 +437,11 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
             head_mask=head_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states or knowledgeable,  # the mix reads several layers
+            width=subnet.width,
+            depth=subnet.depth,
         )
         if knowledgeable:
-            ran = self.bert.encoder.active_layers
+            ran = self.bert.encoder.kept_layers(subnet)
             cls_states = {index + 1: outputs.hidden_states[position + 1][:, 0] for position, index in enumerate(ran)}
             logits = self.final_logits(outputs.last_hidden_state, cls_states)
         else:
@@ -957,8 +455,26 @@ class FlexBertForSequenceClassification(FlexBertPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
 
-class FlexBertForQuestionAnswering(FlexBertPreTrainedModel):
-    """FlexBert with BERT's extractive QA head (start and end logits per token)."""
+@dataclass
+class FlexBertDynamicQuestionAnsweringOutput(QuestionAnsweringModelOutput):
+    """Extractive QA output of the dynamic engine: start/end logits of every window (positions past a window's
+    running length hold the dtype's minimum), and per window the fields of `FlexBertDynamicOutput`.
+
+    Args:
+        exit_layers (`torch.LongTensor` of shape `(batch_size,)`): 1-based layer after which each window answered.
+        layer_widths (`torch.FloatTensor` of shape `(batch_size, num_hidden_layers)`): width of every layer it ran.
+        flops (`torch.DoubleTensor` of shape `(batch_size,)`): FLOPs it spent at its real length.
+    """
+
+    exit_layers: torch.LongTensor | None = None
+    layer_widths: torch.FloatTensor | None = None
+    flops: torch.DoubleTensor | None = None
+
+
+class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel):
+    """FlexBert with BERT's extractive QA head (start and end logits per token). Its windows run on the same
+    dynamic engine as the classifier (`dynamic_forward`); it has no off-ramps or gates yet, so every window answers
+    after the last layer of the sub-network."""
 
     def __init__(self, config: FlexBertConfig):
         super().__init__(config)
@@ -967,7 +483,37 @@ class FlexBertForQuestionAnswering(FlexBertPreTrainedModel):
         self.num_labels = config.num_labels
         self.bert = FlexBertModel(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.width_gates = nn.ModuleDict()  # none yet: the engine runs every window at the sub-network's widths
         self.post_init()
+
+    # --- the dynamic engine's hooks (flexbert_engine.py) -------------------------------------------------------
+
+    def answer_layers(self, active_layers: list[int]) -> list[int]:
+        return []
+
+    def layer_answer(
+        self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, cls_states: dict[int, torch.Tensor], last: bool
+    ) -> torch.Tensor:
+        return self.qa_outputs(hidden).float()  # (rows, length, 2): start and end logits
+
+    def answer_macs(self, layer: int, lengths: torch.Tensor, last: bool) -> torch.Tensor:
+        return lengths * self.config.hidden_size * self.num_labels  # one linear layer per real token
+
+    def empty_answers(self, batch_size: int, seq_length: int, device: torch.device) -> torch.Tensor:
+        return torch.full((batch_size, seq_length, self.num_labels), torch.finfo(torch.float32).min, device=device)
+
+    def store_answers(self, answers: torch.Tensor, rows: torch.Tensor, answer: torch.Tensor) -> None:
+        answers[rows, : answer.shape[1]] = answer  # windows trimmed to their running length
+
+    def dynamic_output(self, answers, exit_layers, layer_widths, flops, labels):
+        start_logits, end_logits = answers.unbind(dim=-1)
+        return FlexBertDynamicQuestionAnsweringOutput(
+            start_logits=start_logits.contiguous(),
+            end_logits=end_logits.contiguous(),
+            exit_layers=exit_layers,
+            layer_widths=layer_widths,
+            flops=flops,
+        )
 
     def forward(
         self,
@@ -982,7 +528,13 @@ class FlexBertForQuestionAnswering(FlexBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        width: Width | None = None,
+        depth: float | None = None,
     ) -> QuestionAnsweringModelOutput | tuple:
+        r"""
+        width (`float` or `list[float]`, *optional*), depth (`float`, *optional*):
+            The sub-network of this call only (see `resolve_subnet`); by default the active one.
+        """
         outputs = self.bert(
             input_ids,
             attention_mask=attention_mask,
@@ -992,6 +544,8 @@ class FlexBertForQuestionAnswering(FlexBertPreTrainedModel):
             head_mask=head_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            width=width,
+            depth=depth,
         )
         start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).unbind(dim=-1)
         loss = None
@@ -1016,14 +570,20 @@ class FlexBertForQuestionAnswering(FlexBertPreTrainedModel):
 __all__ = [
     "FlexBertAttentionRamp",
     "FlexBertDynamicOutput",
+    "FlexBertDynamicQuestionAnsweringOutput",
     "FlexBertForQuestionAnswering",
     "FlexBertForSequenceClassification",
     "FlexBertModel",
     "FlexBertPreTrainedModel",
+    "Subnet",
+    "additive_attention_mask",
+    "cls_head_macs",
     "heads_for_width",
     "kept_layer_indices",
+    "last_real_column",
     "layer_macs",
     "neurons_for_heads",
     "prediction_entropy",
     "subnet_layer_shapes",
+    "width_shape",
 ]
