@@ -1,4 +1,4 @@
-"""Head and neuron importance, and network rewiring (ALGORITHMS.md §3).
+"""Head and neuron importance, network rewiring and grafting (docs/algorithms.md §3-4).
 
 - Head importance (Michel et al. 2019): a gate of ones multiplies each head's context vectors; the importance is
   the sum over batches of `|dLoss/dgate|`.
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .modeling_flexbert import FlexBertLayer, FlexBertPreTrainedModel
+from .flexbert_layers import FlexBertLayer
+from .modeling_flexbert import FlexBertPreTrainedModel
 
 
 @dataclass
@@ -84,9 +85,12 @@ def compute_importance(
     saved_requires_grad = [p.requires_grad for p in ffn_params]
     hooks = [_gate_heads(layer, gate) for layer, gate in zip(layers, gates)]
     was_training = model.training
-    model.eval()
-    # Importance needs gradients through the static full model, not the (no-grad) dynamic engine.
-    dynamic, model.config.dynamic_inference = getattr(model.config, "dynamic_inference", False), False
+    # Importance needs gradients through the static full model, not the (no-grad) dynamic engine, which a
+    # model saved for dynamic inference runs in eval mode only: the top module trains (static forward) while every
+    # submodule evaluates (no dropout). The config is left alone: other readers never see it change.
+    model.train()
+    for module in model.children():
+        module.eval()
     try:
         with model.subnet(width=1.0, depth=1.0):
             for p in ffn_params:
@@ -116,7 +120,6 @@ def compute_importance(
             p.requires_grad_(flag)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-        model.config.dynamic_inference = dynamic
     return Importance(heads=head_scores, neurons=neuron_scores)
 
 
