@@ -182,9 +182,9 @@ def test_without_gates_the_engine_uses_the_active_subnet(tiny_config, batch):
 def test_gates_are_not_exported_and_bad_block_sizes_are_clear_errors(gated_model, tiny_config):
     compact = gated_model.export_subnet(width=0.5)
     assert compact.config.gate_block_size == 0 and len(compact.width_gates) == 0
-    tiny_config.gate_block_size = 5
     with pytest.raises(ValueError, match="gate_block_size"):
-        tiny_config.check_flex_fields()
+        tiny_config.gate_block_size = 5
+    assert tiny_config.gate_block_size == 2  # the refused value is not kept
 
 
 # --- gate labels, loss and the gates stage ------------------------------------------------------------------------
@@ -231,13 +231,23 @@ def test_gate_loss_prefers_the_labelled_class_and_weights_rare_ones():
     assert 0 < only_second < both
 
 
+def test_gate_temperature_anneals_linearly_from_start_to_end():
+    from transformers_flex.gate_training import gate_temperature
+
+    assert [gate_temperature(step, 5, 1.0, 0.5) for step in range(5)] == [1.0, 0.875, 0.75, 0.625, 0.5]
+    assert gate_temperature(9, 5, 1.0, 0.5) == 0.5  # past the last step it stays at the end
+    assert gate_temperature(0, 1, 1.0, 0.5) == 1.0  # a one-step stage samples at the start temperature
+
+
 def gate_cross_entropy(trainer, model, dataset) -> float:
     """Mean cross-entropy of every gate's logits against the gate labels (no sampling), over the dataset."""
     from conftest import pad_collate
 
+    from transformers_flex.gate_training import gate_targets
+
     batch = pad_collate([dataset[i] for i in range(len(dataset))])
     with torch.no_grad():
-        labels, states = trainer.gate_targets(model, batch)
+        labels, states = gate_targets(model, model, batch, trainer.args.gate_regression_tolerance)
         losses = [
             torch.nn.functional.cross_entropy(model.width_gates[str(layer)](states[:, i]), labels)
             for i, layer in enumerate(model.config.gate_layers)
@@ -275,6 +285,91 @@ def test_gates_stage_trains_only_the_gates_and_fits_their_labels(tiny_config, tm
     assert metrics["eval_loss"] == pytest.approx(
         float(torch.nn.functional.cross_entropy(dynamic.logits, batch["labels"])), rel=1e-4
     )
+
+
+def test_gate_stage_loss_is_the_weighted_gumbel_nll_of_the_frozen_models_labels(tiny_config, tmp_path):
+    """The unit's training loss, called directly: class weights from the training batches it is handed, the
+    temperature from the trainer's progress, and the model left frozen (eval mode, no parameter touched)."""
+    from conftest import pad_collate, random_classification_dataset
+    from test_trainer import make_args
+    from transformers.trainer_callback import TrainerState
+
+    from transformers_flex.gate_training import GateStage, gate_targets
+    from transformers_flex.losses import gate_class_weights, gate_loss
+
+    tiny_config.gate_block_size = 2
+    model = spread_out(tiny_config)
+    dataset = random_classification_dataset(24)
+    first, second = (pad_collate([dataset[i] for i in rows]) for rows in (range(16), range(16, 24)))
+    args = make_args(tmp_path, flex_stage="gates", gate_temperature_start=1.0, gate_temperature_end=0.5)
+    unit = GateStage(model, args, training_batches=lambda: [first, second])
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == {
+        name for name, _ in model.named_parameters() if name.startswith("width_gates.")
+    }
+    model.train()
+    torch.manual_seed(0)
+    loss, outputs = unit.compute_loss(model, model, first, TrainerState(global_step=9, max_steps=10))
+    assert outputs is None and not model.training  # frozen model: labels are computed without dropout
+    counts = sum(torch.bincount(gate_targets(model, model, b, 0.5)[0], minlength=4) for b in (first, second))
+    labels, states = gate_targets(model, model, first, 0.5)
+    gates = [model.width_gates[str(layer)] for layer in model.config.gate_layers]
+    gate_logits = torch.stack([gate(states[:, i]) for i, gate in enumerate(gates)], dim=1)
+    torch.manual_seed(0)
+    expected = gate_loss(gate_logits, labels, gate_class_weights(counts.float()), temperature=0.5)  # the last step
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert {name for name, p in model.named_parameters() if p.grad is not None} <= {
+        name for name, _ in model.named_parameters() if name.startswith("width_gates.")
+    }
+
+
+class ConfigWrites:
+    """Records every attribute written on any FlexBertConfig while installed (the config's own `__setattr__`)."""
+
+    def __init__(self, monkeypatch):
+        from transformers_flex import FlexBertConfig
+
+        self.names: list[str] = []
+        original = FlexBertConfig.__setattr__
+
+        def recording(config, name, value):
+            self.names.append(name)
+            original(config, name, value)
+
+        monkeypatch.setattr(FlexBertConfig, "__setattr__", recording)
+
+
+def test_gates_stage_evaluates_the_gated_model_without_ramps_and_never_writes_the_config(
+    tiny_config, tmp_path, monkeypatch
+):
+    """Evaluation (with labels) and prediction (without) run the gates to the last layer, though the config says
+    every row should exit at the first ramp; the config is never written, so a concurrent reader (a server, a
+    save) never sees it change."""
+    from conftest import pad_collate, random_classification_dataset
+    from test_trainer import make_args
+
+    from transformers_flex import FlexTrainer
+
+    tiny_config.exit_layers, tiny_config.gate_block_size = [1, 2, 3], 2
+    tiny_config.exit_threshold, tiny_config.problem_type = 1e9, "single_label_classification"  # config: exit at once
+    model = spread_out(tiny_config)
+    dataset = random_classification_dataset(16)
+    args = make_args(tmp_path, flex_stage="gates", per_device_eval_batch_size=16)
+    trainer = FlexTrainer(model=model, args=args, eval_dataset=dataset, data_collator=pad_collate)
+    batch = pad_collate([dataset[i] for i in range(len(dataset))])
+    gated = model.dynamic_forward(batch["input_ids"], batch["attention_mask"], use_ramps=False)
+    configured = model.dynamic_forward(batch["input_ids"], batch["attention_mask"])  # what the config alone gives
+    assert gated.exit_layers.eq(4).all() and configured.exit_layers.eq(1).all()
+    before = model.config.to_dict()
+    writes = ConfigWrites(monkeypatch)
+    metrics = trainer.evaluate()
+    trainer.data_collator = lambda rows: {key: value for key, value in pad_collate(rows).items() if key != "labels"}
+    predictions = trainer.predict(dataset).predictions
+    assert writes.names == [] and model.config.to_dict() == before
+    loss = float(torch.nn.functional.cross_entropy(gated.logits, batch["labels"]))
+    assert metrics["eval_loss"] == pytest.approx(loss, rel=1e-5)
+    assert loss != pytest.approx(float(torch.nn.functional.cross_entropy(configured.logits, batch["labels"])))
+    torch.testing.assert_close(torch.as_tensor(predictions), gated.logits, atol=1e-5, rtol=0)
 
 
 def test_gates_stage_needs_gates(tiny_config, tmp_path):

@@ -6,7 +6,7 @@ Part of the portable unit copied into every checkpoint: imports only torch/trans
 from transformers import PreTrainedConfig
 
 # Every Auto class a FlexBert checkpoint can be loaded with. `save_pretrained` only writes the entry of the
-# class being saved, so the whole map is a config default (DESIGN.md rule 1).
+# class being saved, so the whole map is a config default (docs/architecture.md#full-auto-map).
 FLEXBERT_AUTO_MAP = {
     "AutoConfig": "configuration_flexbert.FlexBertConfig",
     "AutoModel": "modeling_flexbert.FlexBertModel",
@@ -18,6 +18,33 @@ DEPTH_RULES = ("every_other", "prefix")
 EXIT_CRITERIA = ("entropy", "normalized_entropy", "patience")
 RAMP_TYPES = ("pooler", "attention")
 GATE_POOLINGS = ("mean", "cls")
+# Fields `check_flex_fields` reads: assigning any of them after construction re-runs the checks.
+CHECKED_FIELDS = frozenset(
+    {
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "width_mults",
+        "depth_mults",
+        "depth_rule",
+        "exit_layers",
+        "ramp_type",
+        "ramp_attention_size",
+        "ramp_attention_heads",
+        "exit_criterion",
+        "exit_threshold",
+        "exit_regression_tolerance",
+        "gate_widths",
+        "gate_block_size",
+        "gate_pooling",
+        "knowledgeable_layers",
+        "layer_num_heads",
+        "layer_intermediate_sizes",
+    }
+)
+# Set once construction is done: from then on assignments are checked. Never serialized.
+_CHECKS_ARMED = "_flex_checks_armed"
 
 
 def check_multipliers(name: str, values) -> None:
@@ -27,6 +54,27 @@ def check_multipliers(name: str, values) -> None:
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
             raise ValueError(f"`{name}` entries must be numbers in (0, 1], got {value!r} in {values!r}.")
+
+
+def _check_number(name: str, value) -> None:
+    """Raise unless `value` is a real number >= 0 (not a bool, a string or NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
+
+
+def _check_layer_list(name: str, values, num_layers: int) -> None:
+    """Raise unless `values` is an increasing list (sorted, no repeats) of 1-based layer indices."""
+    if (
+        not isinstance(values, (list, tuple))
+        or any(
+            isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= num_layers for layer in values
+        )
+        or list(values) != sorted(set(values))
+    ):
+        raise ValueError(
+            f"`{name}` must be an increasing list (sorted, no repeats) of 1-based layer indices in [1, {num_layers}], "
+            f"got {values!r}."
+        )
 
 
 def _check_per_layer_sizes(name: str, values, num_layers: int, upper: int) -> None:
@@ -155,6 +203,45 @@ class FlexBertConfig(PreTrainedConfig):
             raise ValueError("FlexBert is an encoder: `is_decoder` and `add_cross_attention` must be False.")
         super().__post_init__(**kwargs)
         self.check_flex_fields()
+        object.__setattr__(self, _CHECKS_ARMED, True)
+
+    def __setattr__(self, key, value):
+        """Assigning a flexibility field re-runs the checks; an invalid value raises and the old one stays."""
+        if key not in CHECKED_FIELDS or not self.__dict__.get(_CHECKS_ARMED, False):
+            return super().__setattr__(key, value)
+        self.update({key: value})
+
+    def update(self, config_dict: dict) -> None:
+        """Set several fields at once, checked together once all are set (fields depend on each other, e.g.
+        `num_hidden_layers` and `layer_num_heads`); if the result is invalid, every field keeps its old value."""
+        missing = object()
+        previous = {key: self.__dict__.get(key, missing) for key in config_dict}
+        armed = self.__dict__.get(_CHECKS_ARMED, False)
+        object.__setattr__(self, _CHECKS_ARMED, False)  # no check per field: the fields are checked together below
+        try:
+            super().update(config_dict)
+            if armed:
+                self.check_flex_fields()
+        except ValueError:
+            for key, value in previous.items():
+                if value is missing:
+                    self.__dict__.pop(key, None)
+                else:
+                    super().__setattr__(key, value)
+            raise
+        finally:
+            object.__setattr__(self, _CHECKS_ARMED, armed)
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """`PreTrainedConfig.save_pretrained`, after checking the fields again: in-place edits such as
+        `config.gate_widths.append(...)` bypass assignment, and would save a checkpoint that fails to load."""
+        self.check_flex_fields()
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output.pop(_CHECKS_ARMED, None)  # a run-time switch, not a setting
+        return output
 
     def check_flex_fields(self) -> None:
         """Raise a `ValueError` naming the field and its allowed values for any invalid flexibility setting."""
@@ -179,12 +266,8 @@ class FlexBertConfig(PreTrainedConfig):
             raise ValueError(f"`gate_pooling` must be one of {GATE_POOLINGS}, got {self.gate_pooling!r}.")
         if self.exit_criterion not in EXIT_CRITERIA:
             raise ValueError(f"`exit_criterion` must be one of {EXIT_CRITERIA}, got {self.exit_criterion!r}.")
-        if isinstance(self.exit_threshold, bool) or not self.exit_threshold >= 0:
-            raise ValueError(f"`exit_threshold` must be a number >= 0, got {self.exit_threshold!r}.")
-        if isinstance(self.exit_regression_tolerance, bool) or not self.exit_regression_tolerance >= 0:
-            raise ValueError(
-                f"`exit_regression_tolerance` must be a number >= 0, got {self.exit_regression_tolerance!r}."
-            )
+        _check_number("exit_threshold", self.exit_threshold)
+        _check_number("exit_regression_tolerance", self.exit_regression_tolerance)
         if (
             isinstance(self.gate_block_size, bool)
             or not isinstance(self.gate_block_size, int)
@@ -194,27 +277,11 @@ class FlexBertConfig(PreTrainedConfig):
                 f"`gate_block_size` must be an integer in [0, {self.num_hidden_layers}] (0: no gates), "
                 f"got {self.gate_block_size!r}."
             )
-        if not isinstance(self.exit_layers, (list, tuple)) or any(
-            isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= self.num_hidden_layers
-            for layer in self.exit_layers
-        ):
-            raise ValueError(
-                f"`exit_layers` must be a list of 1-based layer indices in [1, {self.num_hidden_layers}], "
-                f"got {self.exit_layers!r}."
-            )
-        if self.knowledgeable_layers is not None and (
-            not isinstance(self.knowledgeable_layers, (list, tuple))
-            or len(self.knowledgeable_layers) == 0
-            or any(
-                isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= self.num_hidden_layers
-                for layer in self.knowledgeable_layers
-            )
-            or list(self.knowledgeable_layers) != sorted(set(self.knowledgeable_layers))
-        ):
-            raise ValueError(
-                "`knowledgeable_layers` must be None or an increasing, non-empty list of 1-based layer indices in "
-                f"[1, {self.num_hidden_layers}], got {self.knowledgeable_layers!r}."
-            )
+        _check_layer_list("exit_layers", self.exit_layers, self.num_hidden_layers)
+        if self.knowledgeable_layers is not None:
+            _check_layer_list("knowledgeable_layers", self.knowledgeable_layers, self.num_hidden_layers)
+            if len(self.knowledgeable_layers) == 0:
+                raise ValueError("`knowledgeable_layers` must be None or a non-empty list of layers.")
         _check_per_layer_sizes(
             "layer_num_heads", self.layer_num_heads, self.num_hidden_layers, self.num_attention_heads
         )
