@@ -1,4 +1,4 @@
-"""Metric vs FLOPs of every way to run a dynamic model on a GLUE dev set (ALGORITHMS.md §5-8, issue #4 sweeps).
+"""Metric vs FLOPs of every way to run a dynamic model on a GLUE dev set (docs/algorithms.md §5-8, issue #4).
 
 Curves, each point measured on the whole dev set with the batched engine (per-example FLOPs at real lengths,
 relative to the full static model):
@@ -42,7 +42,7 @@ from transformers_flex.evaluation import (  # noqa: E402
 from transformers_flex.inference import bucketed_forward, fit_exit_predictor  # noqa: E402
 from transformers_flex.metrics import glue_metrics, main_metric  # noqa: E402
 
-# Gate classes are trained as these widths; remapping them moves the trade-off (§6).
+# Gate classes are trained as these widths; remapping them moves the trade-off (docs/algorithms.md §6).
 TRAINED_GATE_WIDTHS = [1.0, 0.75, 0.5, 0.25]
 GATE_REMAPS = {
     "cautious": [1.0, 1.0, 0.75, 0.5],

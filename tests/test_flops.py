@@ -34,7 +34,7 @@ def test_analytic_flops_match_flop_counter(tiny_config, width, depth, eager, cls
 
 
 def test_bert_base_paper_figure_and_ratios():
-    # ALGORITHMS.md §10: linear layers at padded length 128 give BERT-base about 21.7 GFLOPs (FastBERT: 21,785M).
+    # docs/algorithms.md §10: linear layers at padded length 128 give BERT-base about 21.7 GFLOPs (FastBERT: 21,785M).
     config = FlexBertConfig()
     assert 21.7e9 < paper_flops(config) < 21.8e9
     full = subnet_flops(config)

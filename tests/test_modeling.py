@@ -24,7 +24,7 @@ def bert_twin(flex, bert_cls):
 
 
 def test_every_other_depth_keeps_dynabert_layers():
-    # ALGORITHMS.md §2: for 12 layers, depth 0.75 drops layers 3, 7, 11 and depth 0.5 every odd layer.
+    # docs/algorithms.md §2: for 12 layers, depth 0.75 drops layers 3, 7, 11 and depth 0.5 every odd layer.
     assert sorted(set(range(12)) - set(kept_layer_indices(12, 0.75, "every_other"))) == [3, 7, 11]
     assert kept_layer_indices(12, 0.5, "every_other") == [0, 2, 4, 6, 8, 10]
     assert kept_layer_indices(12, 1.0, "every_other") == list(range(12))

@@ -11,7 +11,7 @@ from transformers import (
 from .modeling_flexbert import FlexBertPreTrainedModel, Width
 
 # FlexBert class name -> the transformers class with the same parameter names. Branch on names, not isinstance:
-# remote-code classes are not the package's classes (DESIGN.md rule 11).
+# remote-code classes are not the package's classes (docs/architecture.md#branch-on-model-type).
 BERT_CLASSES = {
     "FlexBertModel": BertModel,
     "FlexBertForSequenceClassification": BertForSequenceClassification,

@@ -1,4 +1,4 @@
-"""Loss functions of flexible-model training (ALGORITHMS.md §4), as small pure functions.
+"""Loss functions of flexible-model training (docs/algorithms.md §4-6), as small pure functions.
 
 Shapes: logits (batch, classes); hidden states (batch, length, hidden); attention_mask (batch, length) of 1/0.
 """
@@ -38,9 +38,9 @@ def teacher_layer_for_student(student_layers: list[int], num_teacher_layers: int
     """Teacher hidden-state index each student hidden state imitates (0 = embeddings).
 
     Student hidden state j > 0 comes from layer `student_layers[j-1]` (0-based) and imitates the teacher's output of
-    that layer; the student's last hidden state always imitates the teacher's last (ALGORITHMS.md §2). With the
-    every_other rule, `student_layers` is `[floor(i/d)]` and this is §2's `kept`; with the prefix rule it is the first
-    n layers, each imitating the same layer of the teacher.
+    that layer; the student's last hidden state always imitates the teacher's last (docs/algorithms.md §2). With
+    the every_other rule, `student_layers` is `[floor(i/d)]` and this is DynaBERT's `kept` map; with the prefix rule
+    it is the first n layers, each imitating the same layer of the teacher.
     """
     mapping = [0] + [layer + 1 for layer in student_layers]
     mapping[-1] = num_teacher_layers
@@ -61,7 +61,7 @@ def hidden_states_distillation(
     )
 
 
-# --- off-ramp training (ALGORITHMS.md §5) ----------------------------------------------------------------------
+# --- off-ramp training (docs/algorithms.md §5) -----------------------------------------------------------------
 
 
 def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ def ramp_training_loss(
     return task_loss(final_logits, labels) + distill  # shared_exit
 
 
-# --- width gates (ALGORITHMS.md §6) -------------------------------------------------------------------------------
+# --- width gates (docs/algorithms.md §6) --------------------------------------------------------------------------
 
 
 def prediction_is_correct(logits: torch.Tensor, labels: torch.Tensor, regression_tolerance: float) -> torch.Tensor:
@@ -135,7 +135,7 @@ def gate_class_weights(counts: torch.Tensor) -> torch.Tensor:
 def gate_loss(
     gate_logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """NLL of a Gumbel-softmax sample of every gate against the example's width class (our reading of §6).
+    """NLL of a Gumbel-softmax sample of every gate against the example's width class (docs/algorithms.md §6).
 
     `gate_logits` is (batch, gates, classes); every gate of an example shares its label. The sample is the soft
     one: a hard straight-through one-hot is 0 at every wrong class, where its log (the NLL) is undefined. The loss
