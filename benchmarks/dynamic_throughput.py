@@ -1,4 +1,4 @@
-"""Measured throughput of batched dynamic inference vs the full static model (issue #4, ALGORITHMS.md §9).
+"""Measured throughput of batched dynamic inference vs the full static model (issue #4, docs/algorithms.md §9).
 
 On a GLUE dev set cut into length-bucketed batches (sorted by length, `--batch-size` rows), every variant below runs
 the whole dev set once per round; rounds interleave the variants so machine noise hits them alike, and the report
@@ -36,34 +36,15 @@ from transformers_flex import FlexBertForSequenceClassification, subnet_flops  #
 from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
 from transformers_flex.evaluation import interleaved_medians, length_bucketed_batches  # noqa: E402
 from transformers_flex.inference import bucketed_forward, fit_exit_predictor  # noqa: E402
-from transformers_flex.modeling_flexbert import additive_attention_mask, prediction_entropy  # noqa: E402
 
 
 @torch.no_grad()
 def exit_when_all_rows_may(model, batch: dict, threshold: float) -> torch.Tensor:
-    """The naive batched early exit: the whole batch runs until a ramp where every row's entropy is below the
-    threshold (or the last layer). Returns each row's logits from its own first confident classifier."""
-    encoder = model.bert.encoder
-    hidden = model.bert.embeddings(batch["input_ids"], batch.get("token_type_ids"), None, None)
-    mask = additive_attention_mask(batch["attention_mask"], hidden.dtype)
-    answer = torch.zeros(len(hidden), model.config.num_labels, device=hidden.device)
-    answered = torch.zeros(len(hidden), dtype=torch.bool, device=hidden.device)
-    cls_states = {}  # what a knowledgeable final classifier mixes
-    for index in encoder.active_layers:
-        hidden, _ = encoder.layer[index](hidden, mask)
-        cls_states[index + 1] = hidden[:, 0]
-        if index == encoder.active_layers[-1]:
-            logits = model.final_logits(hidden, cls_states)
-            answer[~answered] = logits[~answered]
-            return answer
-        if str(index + 1) in model.off_ramps:
-            logits = model.off_ramps[str(index + 1)](hidden, batch["attention_mask"])
-            confident = prediction_entropy(logits) < threshold
-            answer[confident & ~answered] = logits[confident & ~answered]
-            answered |= confident
-            if answered.all():
-                return answer
-    return answer
+    """The naive batched early exit, on the engine without compaction: the whole batch runs until a ramp where every
+    row's entropy is below the threshold (or the last layer); each row answers from its own first confident ramp."""
+    return model.dynamic_forward(
+        **batch, criterion="entropy", threshold=threshold, use_gates=False, exit_together=True
+    ).logits
 
 
 @torch.no_grad()
