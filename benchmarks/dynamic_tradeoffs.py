@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -107,35 +106,45 @@ def sweep_model(args, model, batches, train_batches) -> Sweep:
     for tolerance in REGRESSION_TOLERANCES if regression else [None]:
         for patience in (1, 2, 3, 4):
             setting = {"threshold": patience} if tolerance is None else {"threshold": patience, "tolerance": tolerance}
-            with regression_tolerance(model, tolerance):
-                sweep.run("patience", setting, criterion="patience", threshold=patience, use_gates=False)
+            sweep.run(
+                "patience",
+                setting,
+                criterion="patience",
+                threshold=patience,
+                use_gates=False,
+                regression_tolerance=tolerance,  # None: the config's
+            )
     progress.update()
     if len(model.width_gates):
         trained_widths = list(model.config.gate_widths)
         if trained_widths != TRAINED_GATE_WIDTHS:
             raise SystemExit(f"The remaps assume gates trained on widths {TRAINED_GATE_WIDTHS}, got {trained_widths}.")
         for name, widths in GATE_REMAPS.items():
-            model.config.gate_widths = trained_widths if widths is None else widths
-            sweep.run("gates", {"gate_map": name, "gate_widths": model.config.gate_widths}, use_ramps=False)
+            gate_widths = trained_widths if widths is None else widths  # the remap travels with each call
+            sweep.run(
+                "gates", {"gate_map": name, "gate_widths": gate_widths}, use_ramps=False, gate_widths=gate_widths
+            )
             if regression:
                 for patience in (1, 2):
-                    setting = {"gate_map": name, "gate_widths": model.config.gate_widths, "threshold": patience}
-                    with regression_tolerance(model, GATED_TOLERANCE):
-                        sweep.run(
-                            "gates+patience",
-                            {**setting, "tolerance": GATED_TOLERANCE},
-                            criterion="patience",
-                            threshold=patience,
-                        )
+                    setting = {"gate_map": name, "gate_widths": gate_widths, "threshold": patience}
+                    sweep.run(
+                        "gates+patience",
+                        {**setting, "tolerance": GATED_TOLERANCE},
+                        criterion="patience",
+                        threshold=patience,
+                        gate_widths=gate_widths,
+                        regression_tolerance=GATED_TOLERANCE,
+                    )
             else:
                 for fraction in GATED_FRACTIONS:
-                    setting = {
-                        "gate_map": name,
-                        "gate_widths": model.config.gate_widths,
-                        "threshold": fraction * ln_classes,
-                    }
-                    sweep.run("gates+entropy", setting, criterion="entropy", threshold=fraction * ln_classes)
-        model.config.gate_widths = trained_widths
+                    setting = {"gate_map": name, "gate_widths": gate_widths, "threshold": fraction * ln_classes}
+                    sweep.run(
+                        "gates+entropy",
+                        setting,
+                        criterion="entropy",
+                        threshold=fraction * ln_classes,
+                        gate_widths=gate_widths,
+                    )
     progress.update(2)
     if not regression:
         for fraction in GEEP_FRACTIONS:
@@ -143,17 +152,6 @@ def sweep_model(args, model, batches, train_batches) -> Sweep:
     progress.update(2)
     progress.close()
     return sweep
-
-
-@contextmanager
-def regression_tolerance(model, tolerance: float | None):
-    """Patience's agreement tolerance for regression set to `tolerance` (None: unchanged) inside the block."""
-    previous = model.config.exit_regression_tolerance
-    model.config.exit_regression_tolerance = previous if tolerance is None else tolerance
-    try:
-        yield
-    finally:
-        model.config.exit_regression_tolerance = previous
 
 
 def geep_point(sweep: Sweep, model, train_batches: list[dict], threshold: float) -> None:

@@ -96,9 +96,11 @@ def test_grafts_follow_the_real_epoch_length(tiny_config, tmp_path, monkeypatch)
         trainer.train()
 
 
-@pytest.mark.parametrize("stage", ["teacher", "width", "width_depth", "final"])
+@pytest.mark.parametrize("stage", ["teacher", "width", "width_depth", "final", "ramps"])
 def test_gradient_accumulation_gives_the_same_update(tiny_config, tmp_path, stage):
     tiny_config.hidden_dropout_prob = tiny_config.attention_probs_dropout_prob = 0.0  # same forward either way
+    if stage == "ramps":
+        tiny_config.exit_layers = [1, 3]  # its default mode trains these off-ramps only
     data = random_classification_dataset(16)
     results = []
     for batch_size, accumulation in ((8, 1), (4, 2)):
@@ -485,3 +487,40 @@ def test_ramps_can_learn_at_every_width(tiny_config, tmp_path):
         )
     assert len(set(round(float(value), 6) for value in expected)) == len(expected)  # the widths really differ
     torch.testing.assert_close(loss.detach(), sum(expected) / len(expected))
+    # Evaluation reports the full width's ramp loss only, whatever widths training uses.
+    torch.testing.assert_close(trainer.compute_loss(student.eval(), batch), expected[0])
+
+
+def test_ramps_loss_is_the_mean_of_each_widths_ramp_training_loss(tiny_config):
+    """The unit's loss called directly, on the model and a wrapper that forwards to it: one loss per width."""
+    from transformers_flex.losses import ramp_training_loss
+    from transformers_flex.ramp_training import ramps_loss
+
+    tiny_config.exit_layers, tiny_config.hidden_dropout_prob, tiny_config.attention_probs_dropout_prob = [1, 3], 0, 0
+    model, _ = make_models(tiny_config)
+    batch = pad_collate([random_classification_dataset(8)[i] for i in range(8)])
+    wrapper = torch.nn.DataParallel(model)  # on CPU it only forwards: the loss must run through it
+    loss, outputs = ramps_loss(wrapper, model, batch, "weighted", [1.0, 0.5])
+    expected = []
+    for width in (1.0, 0.5):
+        with torch.no_grad(), model.subnet(width=width):
+            output = model(batch["input_ids"], batch["attention_mask"], output_hidden_states=True)
+            ramps = model.ramp_logits(output.hidden_states, batch["attention_mask"])
+        expected.append(
+            ramp_training_loss("weighted", ramps, output.logits, batch["labels"], model.classification_loss, 4)
+        )
+    torch.testing.assert_close(loss.detach(), (expected[0] + expected[1]) / 2)
+    torch.testing.assert_close(outputs.logits.detach(), output.logits)  # the outputs of the last width
+
+
+def test_stage_units_never_import_the_trainer():
+    """Imports go one way: the trainer builds the units and hands them what they need."""
+    import ast
+
+    import transformers_flex.gate_training as gate_training
+    import transformers_flex.ramp_training as ramp_training
+
+    for unit in (gate_training, ramp_training):
+        tree = ast.parse(Path(unit.__file__).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not {"trainer", "transformers_flex.trainer", "transformers_flex"} & imported, unit.__name__

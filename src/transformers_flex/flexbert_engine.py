@@ -103,8 +103,11 @@ class FlexBertDynamicMixin:
         """(rows,) how unsure each answer is under an entropy criterion: a row exits below the threshold."""
         raise NotImplementedError
 
-    def predictions_agree(self, previous: torch.Tensor, answer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patience: (this answer's prediction per row, whether it agrees with the `previous` prediction)."""
+    def predictions_agree(
+        self, previous: torch.Tensor | None, answer: torch.Tensor, regression_tolerance: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Patience: (this answer's prediction per row, whether it agrees with the `previous` prediction; None when
+        there is none). Regression outputs agree when they differ by less than `regression_tolerance`."""
         raise NotImplementedError
 
     def empty_answers(self, batch_size: int, seq_length: int, device: torch.device) -> torch.Tensor:
@@ -195,16 +198,22 @@ class FlexBertDynamicMixin:
         return torch.ones(len(run.rows), dtype=torch.bool, device=run.rows.device)
 
     def _exits(
-        self, run: RunningRows, asked: torch.Tensor, answer: torch.Tensor, criterion: str, threshold: float
+        self,
+        run: RunningRows,
+        asked: torch.Tensor,
+        answer: torch.Tensor,
+        criterion: str,
+        threshold: float,
+        regression_tolerance: float,
     ) -> torch.Tensor:
         """Which of the asked rows leave with `answer` at an off-ramp, by the exit criterion."""
         if criterion != "patience":
             return self.answer_uncertainty(answer, criterion) < threshold
         if run.previous is None:  # the first off-ramp: nothing to agree with yet (every row is asked)
-            run.previous, _ = self.predictions_agree(None, answer)
+            run.previous, _ = self.predictions_agree(None, answer, regression_tolerance)
             run.streak = torch.zeros(len(run.rows), dtype=torch.long, device=answer.device)
         else:
-            prediction, agrees = self.predictions_agree(run.previous[asked], answer)
+            prediction, agrees = self.predictions_agree(run.previous[asked], answer, regression_tolerance)
             run.streak[asked] = torch.where(agrees, run.streak[asked] + 1, torch.zeros_like(run.streak[asked]))
             run.previous[asked] = prediction
         return run.streak[asked] >= threshold
@@ -227,6 +236,7 @@ class FlexBertDynamicMixin:
         gate_widths: Sequence[float] | None = None,
         exit_at: torch.Tensor | None = None,
         exit_together: bool = False,
+        regression_tolerance: float | None = None,
     ):
         """Per-example inference on a batch: width gates pick each block's width, off-ramps answer early.
 
@@ -244,6 +254,8 @@ class FlexBertDynamicMixin:
                 that layer's classifier runs for it. Overrides the exit criterion.
             exit_together: Rows that may exit keep their answer but stay in the batch until every row may (the
                 batched behaviour of DeeBERT/PABEE implementations): same answers, no compaction.
+            regression_tolerance: Patience on a regression output: consecutive off-ramps agree when they differ by
+                less than this (default: `config.exit_regression_tolerance`).
 
         Every example gets the answer, exit layer and widths it would get alone.
         """
@@ -251,6 +263,8 @@ class FlexBertDynamicMixin:
         subnet = self.resolve_subnet(width, depth)
         criterion = config.exit_criterion if criterion is None else criterion
         threshold = config.exit_threshold if threshold is None else threshold
+        if regression_tolerance is None:
+            regression_tolerance = config.exit_regression_tolerance
         gate_widths = list(config.gate_widths if gate_widths is None else gate_widths)
         self._check_dynamic_settings(criterion, use_gates, use_ramps, subnet, gate_widths)
         hidden = self.bert.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
@@ -305,7 +319,7 @@ class FlexBertDynamicMixin:
             if last or exit_at is not None:
                 leaving = torch.ones(len(answer), dtype=torch.bool, device=device)
             else:
-                leaving = self._exits(run, asked, answer, criterion, threshold)
+                leaving = self._exits(run, asked, answer, criterion, threshold, regression_tolerance)
             if not bool(leaving.any()):
                 continue  # nobody leaves: no copies
             finished = asked.nonzero().squeeze(1)[leaving]  # positions among the running rows

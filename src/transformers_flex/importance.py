@@ -85,12 +85,7 @@ def compute_importance(
     saved_requires_grad = [p.requires_grad for p in ffn_params]
     hooks = [_gate_heads(layer, gate) for layer, gate in zip(layers, gates)]
     was_training = model.training
-    # Importance needs gradients through the static full model, not the (no-grad) dynamic engine, which a
-    # model saved for dynamic inference runs in eval mode only: the top module trains (static forward) while every
-    # submodule evaluates (no dropout). The config is left alone: other readers never see it change.
-    model.train()
-    for module in model.children():
-        module.eval()
+    model.eval()  # no dropout; gradients still flow
     try:
         with model.subnet(width=1.0, depth=1.0):
             for p in ffn_params:
@@ -105,7 +100,9 @@ def compute_importance(
                 model.zero_grad(set_to_none=True)
                 for gate in gates:
                     gate.grad = None
-                loss = model(**{key: value.to(device) for key, value in batch.items()}).loss
+                # The static full model: the dynamic engine has no gradients.
+                inputs = {key: value.to(device) for key, value in batch.items()}
+                loss = model(**inputs, dynamic=False).loss
                 if loss is None:
                     raise ValueError("Importance needs a loss: the batches must carry labels.")
                 loss.backward()

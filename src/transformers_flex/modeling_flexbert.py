@@ -342,15 +342,15 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
         return prediction_entropy(answer, normalized=criterion == "normalized_entropy")
 
     def predictions_agree(
-        self, previous: torch.Tensor | None, answer: torch.Tensor
+        self, previous: torch.Tensor | None, answer: torch.Tensor, regression_tolerance: float
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """PABEE: the argmax agrees with the previous ramp's; regression: within `config.exit_regression_tolerance`."""
+        """PABEE: the argmax agrees with the previous ramp's; regression: within `regression_tolerance`."""
         regression = answer.shape[-1] == 1
         prediction = answer[:, 0] if regression else answer.argmax(dim=-1).to(answer.dtype)
         if previous is None:
             return prediction, None
         if regression:
-            return prediction, (prediction - previous).abs() < self.config.exit_regression_tolerance
+            return prediction, (prediction - previous).abs() < regression_tolerance
         return prediction, prediction == previous
 
     def empty_answers(self, batch_size: int, seq_length: int, device: torch.device) -> torch.Tensor:
@@ -401,13 +401,19 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
         return_dict: bool | None = None,
         width: Width | None = None,
         depth: float | None = None,
+        dynamic: bool | None = None,
     ) -> SequenceClassifierOutput | tuple:
         r"""
         width (`float` or `list[float]`, *optional*), depth (`float`, *optional*):
             The sub-network of this call only (see `resolve_subnet`); by default the active one.
+        dynamic (`bool`, *optional*):
+            Run the dynamic engine (`dynamic_forward`: gates, off-ramps, per-example outputs) or the static model;
+            by default the engine in eval mode when `config.dynamic_inference` is set.
         """
         subnet = self.resolve_subnet(width, depth)  # resolved once, so every part of this call runs the same one
-        if self.config.dynamic_inference and not self.training:
+        if dynamic is None:
+            dynamic = self.config.dynamic_inference and not self.training
+        if dynamic:
             self._reject_head_mask(head_mask)
             if output_attentions or output_hidden_states:
                 raise ValueError(
@@ -530,11 +536,23 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
         return_dict: bool | None = None,
         width: Width | None = None,
         depth: float | None = None,
+        dynamic: bool | None = None,
     ) -> QuestionAnsweringModelOutput | tuple:
         r"""
         width (`float` or `list[float]`, *optional*), depth (`float`, *optional*):
             The sub-network of this call only (see `resolve_subnet`); by default the active one.
+        dynamic (`bool`, *optional*):
+            Run the dynamic engine (`dynamic_forward`: per-window exit layers and FLOPs) or the static model; by
+            default the engine in eval mode when `config.dynamic_inference` is set. The engine computes no loss.
         """
+        if dynamic is None:
+            dynamic = self.config.dynamic_inference and not self.training
+        if dynamic:
+            self._reject_head_mask(head_mask)
+            output = self.dynamic_forward(
+                input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, width=width, depth=depth
+            )
+            return output if return_dict is not False else output.to_tuple()
         outputs = self.bert(
             input_ids,
             attention_mask=attention_mask,

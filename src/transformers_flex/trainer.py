@@ -1,17 +1,16 @@
-"""`FlexTrainer`: DynaBERT distillation over sub-networks, with layer-wise neural grafting (ALGORITHMS.md §4).
+"""`FlexTrainer`: DynaBERT distillation over sub-networks, with layer-wise neural grafting.
 
 Each optimizer step takes one batch, runs the teacher once (no gradients), then for every sub-network of the step
 (largest first) a forward and a backward whose gradients accumulate, so memory does not grow with the number of
 sub-networks; the `Trainer` then clips and steps once. Everything else — gradient accumulation, mixed precision,
-checkpoints and resuming, DDP, logging — is the `Trainer`'s own machinery. The `ramps` stage trains early-exit
-off-ramps of the full model with one of the published objectives (ALGORITHMS.md §5); the `gates` stage trains the
-width gates on a frozen model (ALGORITHMS.md §6).
+checkpoints and resuming, DDP, logging — is the `Trainer`'s own machinery. The stages that train heads on the model
+run as units of their own, which the trainer hands what they need: `ramps` trains the early-exit off-ramps
+(`ramp_training.RampStage`), `gates` the width gates of a frozen model (`gate_training.GateStage`).
 """
 
-import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -21,17 +20,11 @@ from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
 from .evaluation import subnet_grid
+from .gate_training import GateStage
 from .importance import compute_importance, graft
-from .losses import (
-    gate_class_weights,
-    gate_labels,
-    gate_loss,
-    hidden_states_distillation,
-    logits_distillation,
-    prediction_is_correct,
-    ramp_training_loss,
-)
-from .training_args import FROZEN_BACKBONE_RAMP_TRAINING, PIPELINE_STAGE, FlexTrainingArguments
+from .losses import hidden_states_distillation, logits_distillation
+from .ramp_training import RampStage
+from .training_args import PIPELINE_STAGE, FlexTrainingArguments
 
 logger = logging.get_logger(__name__)
 
@@ -67,25 +60,6 @@ def grafting_steps(*, steps_per_epoch: int, num_epochs: int, times_per_epoch: in
     return steps
 
 
-def prepare_ramp_training(model: nn.Module, mode: str) -> None:
-    """Check the model has off-ramps; freeze everything else for the modes that train ramps only."""
-    if len(getattr(model, "off_ramps", {})) == 0:
-        raise ValueError("The ramps stage needs off-ramps: set `config.exit_layers` (layers below the last).")
-    if mode in FROZEN_BACKBONE_RAMP_TRAINING:
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name.startswith("off_ramps."))
-
-
-def prepare_gate_training(model: nn.Module) -> None:
-    """Check the model has width gates; freeze everything else (the gates learn on a fixed model)."""
-    if len(getattr(model, "width_gates", {})) == 0:
-        raise ValueError("The gates stage needs width gates: set `config.gate_block_size` (e.g. 1 or 2).")
-    if model.config.problem_type == "multi_label_classification":
-        raise ValueError("Gate labels need one right answer per example: multi-label tasks are not supported.")
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name.startswith("width_gates."))
-
-
 class FlexTrainer(Trainer):
     """A `Trainer` for FlexBert models that trains every sub-network of a stage at once.
 
@@ -97,10 +71,14 @@ class FlexTrainer(Trainer):
         importance_dataset: Held-out *training* examples (tokenized, with labels) for the importance passes that
             precede each graft. Required when `args.grafting`.
         **kwargs: Everything `Trainer` takes (datasets, collator, `compute_metrics`, callbacks, ...).
+
+    The `ramps` and `gates` stages run as units (`stage_unit`: `RampStage`, `GateStage`): the trainer asks the unit
+    for every batch's loss and for what evaluation runs on a batch, and hands it the model and its progress.
     """
 
     # Every loss here is a batch mean: the Trainer (stages teacher, ramps, gates) or `training_step` (the
-    # distillation stages, per sub-network) divides it by the accumulation steps (rule 5).
+    # distillation stages, per sub-network) divides it by the accumulation steps. A model whose forward takes
+    # `**kwargs` would make the Trainer skip that division, so the flag is explicit.
     loss_is_scaled_for_ga = False
 
     def __init__(
@@ -123,15 +101,17 @@ class FlexTrainer(Trainer):
             raise ValueError("`teacher_model` must be a separate copy of the model (it is frozen).")
         if args.grafting and importance_dataset is None:
             raise ValueError("Grafting needs `importance_dataset` (held-out training examples with labels).")
-        if args.flex_stage in ("ramps", "gates") and args.world_size > 1:
+        # Each unit is built from what it needs from this trainer; building it checks and freezes the model.
+        units = {
+            "ramps": lambda: RampStage(model, args),
+            "gates": lambda: GateStage(model, args, training_batches=self.training_set_batches),
+        }
+        if args.flex_stage in units and args.world_size > 1:
             # Off-ramps and gates run outside the DDP-wrapped forward, so DDP would not all-reduce their gradients.
             raise ValueError(
                 f"The {args.flex_stage} stage trains in one process (it is small): run it without torchrun."
             )
-        if args.flex_stage == "ramps":
-            prepare_ramp_training(model, args.ramp_training)
-        if args.flex_stage == "gates":
-            prepare_gate_training(model)
+        self.stage_unit: RampStage | GateStage | None = units[args.flex_stage]() if args.flex_stage in units else None
         super().__init__(model=model, args=args, **kwargs)
         # DeepSpeed (from `args.deepspeed` or an accelerate config) counts every backward as a micro-batch.
         if (args.deepspeed or self.is_deepspeed_enabled) and args.flex_stage in ("width", "width_depth", "final"):
@@ -147,7 +127,6 @@ class FlexTrainer(Trainer):
         self._component_steps = 0
         self._last_graft_step: int | None = None
         self._grafting_schedule: set[int] | None = None  # set when training starts, from the real epoch length
-        self._gate_class_weights: torch.Tensor | None = None
 
     # --- which sub-networks ------------------------------------------------------------------------------------
 
@@ -176,7 +155,7 @@ class FlexTrainer(Trainer):
     def training_step(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
-        if self.args.flex_stage in ("teacher", "ramps", "gates"):
+        if self.args.flex_stage == "teacher" or self.stage_unit is not None:  # one model a step: Trainer's own step
             return super().training_step(model, inputs, num_items_in_batch)
         self._maybe_graft()
         model.train()
@@ -243,83 +222,17 @@ class FlexTrainer(Trainer):
         return loss, parts
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The `ramps` (ALGORITHMS.md §5) and `gates` (§6) stages' losses; other stages use the model's own loss."""
-        if self.args.flex_stage == "gates" and model.training:  # evaluation reports the model's own loss
-            loss = self.gates_loss(model, inputs)
-            return (loss, None) if return_outputs else loss
-        if self.args.flex_stage != "ramps":
+        """The stage unit's loss (ramps, gates); the other stages use the model's own loss."""
+        if self.stage_unit is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs["labels"]
-        model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
-        flex = self.flex_model
-        widths = [1.0] if self.args.ramp_widths == "full" or not model.training else flex.config.width_mults
-        losses = []
-        for width in widths:
-            with flex.subnet(width=width):
-                outputs = model(**model_inputs, output_hidden_states=True)
-            ramps = flex.ramp_logits(outputs.hidden_states, model_inputs.get("attention_mask"))
-            losses.append(
-                ramp_training_loss(
-                    self.args.ramp_training,
-                    ramps,
-                    outputs.logits,
-                    labels,
-                    flex.classification_loss,
-                    flex.config.num_hidden_layers,
-                )
-            )
-        loss = sum(losses) / len(losses)
+        loss, outputs = self.stage_unit.compute_loss(model, self.flex_model, inputs, self.state)
         return (loss, outputs) if return_outputs else loss
 
-    # --- width gates -------------------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def gate_targets(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the frozen model at every gate width: each example's gate class (smallest correct width) and, for
-        every gate, its pooled input at that width — (batch,) and (batch, gates, hidden)."""
-        flex = self.flex_model
-        widths, gate_layers = flex.config.gate_widths, flex.config.gate_layers
-        model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
-        mask = model_inputs.get("attention_mask")
-        correct, states = [], []
-        for width in widths:
-            with flex.subnet(width=width):
-                output = model(**model_inputs, output_hidden_states=True)
-            correct.append(prediction_is_correct(output.logits, inputs["labels"], self.args.gate_regression_tolerance))
-            pooled = [flex.width_gates[str(layer)].pool(output.hidden_states[layer], mask) for layer in gate_layers]
-            states.append(torch.stack(pooled, dim=1))
-        labels = gate_labels(torch.stack(correct), widths)
-        rows = torch.arange(len(labels), device=labels.device)
-        return labels, torch.stack(states)[labels, rows]  # every example's states at its own label's width
-
-    def gate_temperature(self) -> float:
-        """Gumbel-softmax temperature, annealed linearly from start to end over the stage's steps."""
-        progress = self.state.global_step / max(1, self.state.max_steps - 1)
-        start, end = self.args.gate_temperature_start, self.args.gate_temperature_end
-        return start + (end - start) * min(1.0, progress)
-
-    def gates_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The gates stage's loss (ALGORITHMS.md §6): class-weighted NLL of a Gumbel-softmax sample of every gate
-        against each example's label, the smallest width at which the frozen model predicts it correctly."""
-        flex = self.flex_model
-        flex.eval()  # the model is frozen: no dropout, so the labels are what inference will see
-        if self._gate_class_weights is None:
-            self._gate_class_weights = self.gate_label_weights(model)
-        labels, states = self.gate_targets(model, inputs)
-        gates = [flex.width_gates[str(layer)] for layer in flex.config.gate_layers]
-        gate_logits = torch.stack([gate(states[:, i]) for i, gate in enumerate(gates)], dim=1)
-        return gate_loss(gate_logits, labels, self._gate_class_weights.to(labels.device), self.gate_temperature())
-
-    def gate_label_weights(self, model: nn.Module) -> torch.Tensor:
-        """Class weights from the gate labels of the whole training set (one pass at every width, every rank)."""
-        dataset = self._remove_unused_columns(self.train_dataset, description="gate labels")
-        loader = DataLoader(dataset, batch_size=self.args.per_device_train_batch_size, collate_fn=self.data_collator)
-        counts = torch.zeros(len(self.flex_model.config.gate_widths))
-        for batch in loader:
-            labels, _ = self.gate_targets(model, self._prepare_inputs(batch))
-            counts += torch.bincount(labels.cpu(), minlength=len(counts))
-        logger.info(f"Gate labels per width {self.flex_model.config.gate_widths}: {counts.tolist()}")
-        return gate_class_weights(counts)
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Trainer's evaluation step, on what the stage unit evaluates (the gates stage: the gated model)."""
+        if self.stage_unit is not None:
+            model = self.stage_unit.evaluation_forward(model, self.flex_model)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
 
     @torch.no_grad()
     def teacher_outputs(self, model_inputs: dict[str, torch.Tensor], width: float) -> Mapping:
@@ -366,10 +279,19 @@ class FlexTrainer(Trainer):
         graft(self.flex_model, importance, alpha=alpha, entropy_c=self.args.grafting_entropy_c)
         logger.info(f"Grafted at step {self.state.global_step}.")
 
+    def unsharded_dataloader(self, dataset, batch_size: int, description: str) -> DataLoader:
+        """The whole `dataset`, in order, on every rank (not sharded): every rank sees the same examples."""
+        dataset = self._remove_unused_columns(dataset, description=description)
+        return DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator)
+
     def importance_dataloader(self) -> DataLoader:
-        """The whole held-out set on every rank (not sharded): every rank scores the same examples."""
-        dataset = self._remove_unused_columns(self.importance_dataset, description="importance")
-        return DataLoader(dataset, batch_size=self.args.importance_batch_size, collate_fn=self.data_collator)
+        """The held-out set the importance passes score."""
+        return self.unsharded_dataloader(self.importance_dataset, self.args.importance_batch_size, "importance")
+
+    def training_set_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Every training example once, on every rank, prepared for the model (the gates stage counts labels)."""
+        loader = self.unsharded_dataloader(self.train_dataset, self.args.per_device_train_batch_size, "training set")
+        return (self._prepare_inputs(batch) for batch in loader)
 
     # --- logging and evaluation --------------------------------------------------------------------------------
 
@@ -399,8 +321,6 @@ class FlexTrainer(Trainer):
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         subnets = self.eval_subnets()
-        if self.args.flex_stage == "gates":
-            return self.evaluate_with_gates(eval_dataset, ignore_keys, metric_key_prefix)
         if isinstance(dataset, dict) or subnets == [(1.0, 1.0)]:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         dataloader = self.get_eval_dataloader(eval_dataset)
@@ -426,17 +346,5 @@ class FlexTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def evaluate_with_gates(self, eval_dataset, ignore_keys: list[str] | None, metric_key_prefix: str):
-        """The gates stage's evaluation: the dynamic engine with the gates choosing each example's widths (what they
-        are for at inference), every example to the last layer."""
-        config = self.flex_model.config
-        saved = (config.dynamic_inference, config.exit_criterion, config.exit_threshold)
-        # Gates only: patience that can never be reached keeps every row to the last layer (any task type).
-        config.dynamic_inference, config.exit_criterion, config.exit_threshold = True, "patience", math.inf
-        try:
-            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        finally:
-            config.dynamic_inference, config.exit_criterion, config.exit_threshold = saved
 
-
-__all__ = ["FlexTrainer", "grafting_steps", "prepare_gate_training", "sandwich_subnets", "stage_subnets"]
+__all__ = ["FlexTrainer", "grafting_steps", "sandwich_subnets", "stage_subnets"]
