@@ -114,16 +114,11 @@ def subnet_latencies(
 
     def runner(width: float, depth: float) -> Callable[[], object]:
         def run() -> object:
-            model.set_subnet(width=width, depth=depth)
-            return model(**inputs)
+            return model(**inputs, width=width, depth=depth)  # the sub-network travels with the call
 
         return run
 
-    previous = model.active_subnet
-    try:
-        return interleaved_medians({subnet: runner(*subnet) for subnet in subnets}, rounds=rounds)
-    finally:
-        model.set_subnet(**previous)
+    return interleaved_medians({subnet: runner(*subnet) for subnet in subnets}, rounds=rounds)
 
 
 __all__ = [

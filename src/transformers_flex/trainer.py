@@ -166,19 +166,16 @@ class FlexTrainer(Trainer):
         teacher_cache: dict[float, Mapping] = {}
         total = torch.zeros((), device=self.args.device)
         components: dict[str, torch.Tensor] = {}
-        try:
-            for width, depth in self.step_subnets():
-                flex.set_subnet(width=width, depth=depth)
-                with self.compute_loss_context_manager():
-                    loss, parts = self.subnet_loss(model, inputs, width, teacher_cache)
-                # One backward per sub-network: its graph is freed before the next forward.
-                loss = loss / self.current_gradient_accumulation_steps
-                self.accelerator.backward(loss)
-                total += loss.detach()
-                for key, value in parts.items():
-                    components[key] = components.get(key, 0) + value.detach()
-        finally:
-            flex.set_subnet()
+        for width, depth in self.step_subnets():
+            # Context-local: the model's own default sub-network is left as it was.
+            with flex.subnet(width=width, depth=depth), self.compute_loss_context_manager():
+                loss, parts = self.subnet_loss(model, inputs, width, teacher_cache)
+            # One backward per sub-network: its graph is freed before the next forward.
+            loss = loss / self.current_gradient_accumulation_steps
+            self.accelerator.backward(loss)
+            total += loss.detach()
+            for key, value in parts.items():
+                components[key] = components.get(key, 0) + value.detach()
         self._record_components(components)
         return total
 
