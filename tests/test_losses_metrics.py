@@ -14,7 +14,7 @@ from transformers_flex.losses import (
     soft_cross_entropy,
     teacher_layer_for_student,
 )
-from transformers_flex.metrics import average_ranks, glue_metrics
+from transformers_flex.metrics import average_ranks, classification_metrics, glue_metrics, regression_metrics
 
 
 def test_soft_cross_entropy_is_cross_entropy_with_soft_targets():
@@ -84,6 +84,16 @@ def test_classification_metrics_match_scikit_learn(predictions):
     assert cola["matthews_correlation"] == pytest.approx(metrics_module.matthews_corrcoef(labels, predicted))
 
 
+def test_macro_f1_matches_scikit_learn_with_a_class_never_predicted():
+    metrics_module = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, 300)
+    predicted = np.where(labels == 3, 0, np.where(rng.random(300) < 0.7, labels, rng.integers(0, 3, 300)))
+    result = classification_metrics(predicted, labels)
+    assert result["accuracy"] == pytest.approx(metrics_module.accuracy_score(labels, predicted))
+    assert result["macro_f1"] == pytest.approx(metrics_module.f1_score(labels, predicted, average="macro"))
+
+
 def test_correlations_match_scipy():
     stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(1)
@@ -93,6 +103,7 @@ def test_correlations_match_scipy():
     assert result["pearson"] == pytest.approx(stats.pearsonr(scores, labels)[0])
     assert result["spearmanr"] == pytest.approx(stats.spearmanr(scores, labels)[0])
     np.testing.assert_allclose(average_ranks(labels), stats.rankdata(labels))
+    assert regression_metrics(scores, labels) == result  # tasks that are not GLUE report the same correlations
 
 
 def test_every_glue_task_has_metrics_even_without_local_data(predictions):

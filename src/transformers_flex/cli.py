@@ -1,4 +1,5 @@
-"""`transformers-flex` command line: `demo` (the main job) and `export`."""
+"""`transformers-flex` command line: `demo` (the main job), `train` (the training pipeline on any data) and
+`export`."""
 
 import argparse
 import json
@@ -58,33 +59,31 @@ def run_demo(args: argparse.Namespace) -> dict:
     from torch.utils.data import DataLoader
     from transformers import AutoTokenizer, DataCollatorWithPadding, set_seed
 
-    from . import FlexBertForSequenceClassification
-    from .data import load_glue, split_train_heldout, tokenize_glue
     from .evaluation import evaluate_subnets, predict, subnet_grid, subnet_latencies
     from .importance import compute_importance, rewire
-    from .trainer import FlexTrainer
+    from .training_pipeline import DataArguments, load_model, make_trainer, prepare_data
     from .utils import default_backbone_path
 
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     backbone = args.model or default_backbone_path()
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    raw = load_glue("sst2", args.data_dir)
-    train, heldout = split_train_heldout(raw["train"], args.train_samples, args.importance_samples, args.seed)
-    dev = raw["validation"] if args.eval_samples is None else raw["validation"].select(range(args.eval_samples))
-    train, heldout, dev = (tokenize_glue(split, tokenizer, "sst2", args.max_length) for split in (train, heldout, dev))
-    names = raw["train"].features["label"].names
-    model = FlexBertForSequenceClassification.from_pretrained(
-        backbone,
-        num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        label2id={name: index for index, name in enumerate(names)},
+    data_args = DataArguments(
+        task_name="sst2",
+        data_dir=args.data_dir,
+        max_seq_length=args.max_length,
+        max_train_samples=args.train_samples,
+        max_eval_samples=args.eval_samples,
+        importance_samples=args.importance_samples,
     )
+    task, data = prepare_data(data_args, tokenizer, args.seed)
+    train, heldout, dev = data["train"], data["heldout"], data["dev"]
+    model = load_model(backbone, task, {})  # SST-2's label names go into the config
 
     print(f"\n== 1. Fine-tune {backbone} as FlexBert on {len(train)} SST-2 examples (full width and depth)")
     collator = DataCollatorWithPadding(tokenizer)
     teacher_args = demo_arguments(args, "teacher", args.learning_rate)
-    FlexTrainer(model=model, args=teacher_args, train_dataset=train, data_collator=collator).train()
+    make_trainer(teacher_args, model, None, data, tokenizer, task).train()
     model.eval()
     dev_batches = DataLoader(dev, batch_size=64, collate_fn=collator)
     subnets = subnet_grid(model.config)
@@ -108,13 +107,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         for stage, sampling in (("width", "all"), ("width_depth", "sandwich")):
             stage_args = demo_arguments(args, stage, args.distill_learning_rate, sampling)
             stage_teacher = teacher if stage == "width" else copy.deepcopy(model)
-            FlexTrainer(
-                model=model,
-                args=stage_args,
-                teacher_model=stage_teacher,
-                train_dataset=distill_train,
-                data_collator=collator,
-            ).train()
+            make_trainer(stage_args, model, stage_teacher, data | {"train": distill_train}, tokenizer, task).train()
         model.eval()
         distilled = evaluate_subnets(model, dev_batches, subnets)
 
@@ -211,10 +204,32 @@ def run_export(args: argparse.Namespace) -> None:
     print(f"Wrote {type(exported).__name__} ({exported.num_parameters():,} parameters) to {args.output_dir}.")
 
 
+TRAIN_DESCRIPTION = """Train a flexible model on a GLUE task (--task_name) or your own data (--train_file and
+--validation_file: CSV, JSON lines or parquet; or --dataset_name), with the arguments of examples/run_glue_flex.py.
+It runs the whole pipeline by default: teacher, rewire, width and width_depth, plus the ramps stage when
+--exit_layers is given and the gates stage when --gate_block_size is. --stages picks stages (in order),
+--last_stage stops earlier, and --flex_stage <stage> trains one stage of --model_name_or_path instead. Each stage
+writes <output_dir>/<stage>/; a rerun continues the run, and refuses one made with other settings
+(--overwrite_output_dir starts over)."""
+
+
+def run_train(argv: list[str]) -> None:
+    """`transformers-flex train ...`: the training pipeline, the whole of it unless told otherwise."""
+    from .training_args import PIPELINE_STAGE
+    from .training_pipeline import main as pipeline_main
+
+    pipeline_main(argv, flex_stage=PIPELINE_STAGE, prog="transformers-flex train", description=TRAIN_DESCRIPTION)
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # its own parser (HfArgumentParser over the pipeline's dataclasses) reads the rest
+        run_train(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="transformers-flex", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add_demo_arguments(commands.add_parser("demo", help="Fine-tune, rewire and tabulate every sub-network (SST-2)."))
+    commands.add_parser("train", help="Train the flexible-model pipeline on any data (`train --help`).")
     add_export_arguments(commands.add_parser("export", help="Export a static sub-network as its own checkpoint."))
     args = parser.parse_args(argv)
     if args.command == "demo":

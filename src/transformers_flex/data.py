@@ -1,4 +1,5 @@
-"""GLUE loading and preprocessing: the Hub's `nyu-mll/glue` online, or a local mirror with the same layout."""
+"""Data loading: GLUE from the Hub's `nyu-mll/glue` or a local mirror with the same layout, any Hub dataset, or
+local CSV / JSON lines / parquet files; and GLUE preprocessing."""
 
 from pathlib import Path
 
@@ -50,6 +51,28 @@ def load_glue(task: str, data_dir: str | Path | None = None, hub_dataset: str = 
     return load_dataset(hub_dataset, task)
 
 
+# `datasets` builder of each data file extension, as transformers' run_glue.py reads `--train_file`.
+DATA_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def load_data_files(files: dict[str, str | Path]) -> DatasetDict:
+    """Load local data files by split name (e.g. `{"train": "train.csv", "validation": "dev.jsonl"}`); the format
+    of each comes from its extension, so the splits may differ in format."""
+    splits = {}
+    for split, path in files.items():
+        path = Path(path)
+        builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise ValueError(f"{path}: unknown data file type; use one of {sorted(DATA_FILE_BUILDERS)}.")
+        if not path.is_file():
+            raise FileNotFoundError(f"The {split} file {path} does not exist.")
+        try:
+            splits[split] = load_dataset(builder, data_files={split: str(path)}, split=split)
+        except ValueError as error:  # `datasets` says "Instruction ... corresponds to no data" for empty files
+            raise ValueError(f"The {split} split is empty or unreadable ({path}): {error}") from error
+    return DatasetDict(splits)
+
+
 def tokenize_glue(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, max_length: int = 128) -> Dataset:
     """Tokenize a GLUE split (truncated, unpadded) and rename `label` to `labels`; text columns are dropped."""
     first, second = GLUE_TEXT_COLUMNS[check_glue_task(task)]
@@ -81,10 +104,12 @@ def split_train_heldout(
 
 
 __all__ = [
+    "DATA_FILE_BUILDERS",
     "GLUE_DEV_SPLIT",
     "GLUE_EXTRA_DEV_SPLITS",
     "GLUE_TEXT_COLUMNS",
     "glue_num_labels",
+    "load_data_files",
     "load_glue",
     "split_train_heldout",
     "tokenize_glue",

@@ -1,6 +1,8 @@
-"""GLUE metrics with the official definitions, computed offline (no `evaluate.load`, which needs the Hub).
+"""GLUE metrics with the official definitions, computed offline (no `evaluate.load`, which needs the Hub), and the
+metrics of tasks that are not GLUE: accuracy + macro F1 for classification, Pearson + Spearman for regression.
 
-Key names follow the Hub's `glue` metric: accuracy, f1, matthews_correlation, pearson, spearmanr.
+Key names follow the Hub's `glue` metric: accuracy, f1, matthews_correlation, pearson, spearmanr; `macro_f1` is
+the unweighted mean of the per-class F1 scores.
 """
 
 from collections.abc import Callable
@@ -68,6 +70,30 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return pearson(average_ranks(x), average_ranks(y))
 
 
+def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Unweighted mean of the per-class F1 scores over the classes seen in labels or predictions (scikit-learn's
+    `f1_score(average="macro")`)."""
+    classes = np.union1d(predictions, labels)
+    scores = []
+    for label in classes:
+        true_positives = np.sum((predictions == label) & (labels == label))
+        predicted, actual = np.sum(predictions == label), np.sum(labels == label)
+        scores.append(2 * true_positives / (predicted + actual))  # never 0/0: the class occurs in one of them
+    return float(np.mean(scores))
+
+
+def classification_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro F1 of predicted class ids, for classification tasks that are not GLUE."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    return {"accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels)}
+
+
+def regression_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Pearson and Spearman correlations of predicted scores, for regression tasks that are not GLUE."""
+    scores, labels = np.asarray(scores).reshape(-1), np.asarray(labels).reshape(-1)
+    return {"pearson": pearson(scores, labels), "spearmanr": spearman(scores, labels)}
+
+
 def glue_metrics(task: str, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The task's official GLUE metrics from raw model outputs (argmax for classification)."""
     names = GLUE_METRICS[check_glue_task(task)]
@@ -96,4 +122,12 @@ def main_metric(task: str) -> str:
     return GLUE_METRICS[check_glue_task(task)][0]
 
 
-__all__ = ["GLUE_METRICS", "glue_compute_metrics", "glue_metrics", "main_metric"]
+__all__ = [
+    "GLUE_METRICS",
+    "classification_metrics",
+    "glue_compute_metrics",
+    "glue_metrics",
+    "macro_f1",
+    "main_metric",
+    "regression_metrics",
+]

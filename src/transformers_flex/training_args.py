@@ -1,16 +1,17 @@
-"""`FlexTrainingArguments`: `TrainingArguments` plus the settings of flexible-model training (ALGORITHMS.md §3-4)."""
+"""`FlexTrainingArguments`: `TrainingArguments` plus the settings of flexible-model training (docs/algorithms.md)."""
 
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
 FLEX_STAGES = ("teacher", "width", "width_depth", "final", "ramps", "gates")
-# How the off-ramps learn in the "ramps" stage (ALGORITHMS.md §5); "copy" needs no training (copy_head_to_off_ramps).
+# How the ramps stage trains off-ramps (docs/algorithms.md §5); "copy" needs no training (copy_head_to_off_ramps).
 RAMP_TRAINING = ("two_stage", "weighted", "self_distill", "shared_exit")
 RAMP_WIDTHS = ("full", "all")
 # Ramp training modes that keep everything but the off-ramps frozen.
 FROZEN_BACKBONE_RAMP_TRAINING = ("two_stage", "self_distill")
-# "all" runs teacher -> rewire -> width (+ grafting) -> width_depth; it is handled by examples/run_glue_flex.py.
+# "all" runs a pipeline of stages (teacher -> rewire -> width (+ grafting) -> width_depth -> ramps -> gates), one
+# trainer each: `transformers_flex.training_pipeline` (`transformers-flex train`, examples/run_glue_flex.py).
 PIPELINE_STAGE = "all"
 SUBNET_SAMPLING = ("all", "sandwich")
 TEACHER_WIDTHS = ("full", "same")
@@ -30,8 +31,8 @@ class FlexTrainingArguments(TrainingArguments):
             `teacher` (plain fine-tuning of the full model), `width` (DynaBERT_W: distil into every width at full
             depth), `width_depth` (distil into every (width, depth) pair), `final` (cross-entropy to gold labels
             for every sub-network), `ramps` (train the off-ramps, see `ramp_training`), `gates` (train the width
-            gates with everything else frozen, ALGORITHMS.md §6), or `all` (the whole pipeline, run by
-            `examples/run_glue_flex.py`).
+            gates with everything else frozen, docs/algorithms.md §6), or `all` (a pipeline of these stages, run by
+            `transformers_flex.training_pipeline`: `transformers-flex train` or `examples/run_glue_flex.py`).
         ramp_training (`str`, defaults to `"two_stage"`):
             How the `ramps` stage trains off-ramps: `two_stage` (DeeBERT: only ramps learn, cross-entropy to gold),
             `weighted` (PABEE: everything learns, losses weighted by layer), `self_distill` (FastBERT: only ramps
@@ -146,7 +147,8 @@ class FlexTrainingArguments(TrainingArguments):
             )
         if self.grafting_times_per_epoch < 1:
             raise ValueError(f"`grafting_times_per_epoch` must be >= 1, got {self.grafting_times_per_epoch}.")
-        # Narrow or shallow sub-networks leave parameters unused in a step; DDP must look for them (rule 6).
+        # Narrow or shallow sub-networks leave parameters unused in a step; DDP must look for them
+        # (docs/architecture.md#ddp-unused-parameters).
         if self.ddp_find_unused_parameters is None and self.flex_stage != "teacher":
             self.ddp_find_unused_parameters = True
         super().__post_init__()
