@@ -18,31 +18,33 @@ DEPTH_RULES = ("every_other", "prefix")
 EXIT_CRITERIA = ("entropy", "normalized_entropy", "patience")
 RAMP_TYPES = ("pooler", "attention")
 GATE_POOLINGS = ("mean", "cls")
-# Fields `check_flex_fields` reads: assigning any of them after construction re-runs the checks.
-CHECKED_FIELDS = frozenset(
-    {
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "width_mults",
-        "depth_mults",
-        "depth_rule",
-        "exit_layers",
-        "ramp_type",
-        "ramp_attention_size",
-        "ramp_attention_heads",
-        "exit_criterion",
-        "exit_threshold",
-        "exit_regression_tolerance",
-        "gate_widths",
-        "gate_block_size",
-        "gate_pooling",
-        "knowledgeable_layers",
-        "layer_num_heads",
-        "layer_intermediate_sizes",
-    }
+# The fields FlexBert adds to BERT's.
+FLEX_FIELDS = (
+    "width_mults",
+    "depth_mults",
+    "depth_rule",
+    "exit_layers",
+    "ramp_type",
+    "ramp_attention_size",
+    "ramp_attention_heads",
+    "exit_criterion",
+    "exit_threshold",
+    "exit_regression_tolerance",
+    "gate_widths",
+    "gate_block_size",
+    "gate_pooling",
+    "knowledgeable_layers",
+    "dynamic_inference",
+    "layer_num_heads",
+    "layer_intermediate_sizes",
 )
+# Fields `check_flex_fields` reads: assigning any of them after construction re-runs the checks.
+CHECKED_FIELDS = frozenset(FLEX_FIELDS) - {"dynamic_inference"} | {
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+}
 # Set once construction is done: from then on assignments are checked. Never serialized.
 _CHECKS_ARMED = "_flex_checks_armed"
 

@@ -8,6 +8,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from .configuration_flexbert import FLEX_FIELDS
 from .modeling_flexbert import FlexBertPreTrainedModel, Width
 
 # FlexBert class name -> the transformers class with the same parameter names. Branch on names, not isinstance:
@@ -17,28 +18,8 @@ BERT_CLASSES = {
     "FlexBertForSequenceClassification": BertForSequenceClassification,
     "FlexBertForQuestionAnswering": BertForQuestionAnswering,
 }
-FLEX_ONLY_FIELDS = (
-    "width_mults",
-    "depth_mults",
-    "depth_rule",
-    "exit_layers",
-    "ramp_type",
-    "ramp_attention_size",
-    "ramp_attention_heads",
-    "exit_criterion",
-    "exit_threshold",
-    "exit_regression_tolerance",
-    "gate_widths",
-    "gate_block_size",
-    "gate_pooling",
-    "knowledgeable_layers",
-    "dynamic_inference",
-    "layer_num_heads",
-    "layer_intermediate_sizes",
-    "auto_map",
-    "architectures",
-    "model_type",
-)
+# What a plain BertConfig must not receive: FlexBert's own fields and the remote-code bookkeeping.
+FLEX_ONLY_FIELDS = (*FLEX_FIELDS, "auto_map", "architectures", "model_type")
 
 
 def to_bert(model: FlexBertPreTrainedModel, width: Width = 1.0, depth: float = 1.0) -> PreTrainedModel:
