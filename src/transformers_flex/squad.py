@@ -1,0 +1,398 @@
+"""Extractive question answering on SQuAD v1.1: windowed pre-processing, span post-processing, and the official
+exact-match and F1 metrics, all offline.
+
+Pre-processing splits each (question, context) pair into overlapping windows of `max_length` tokens, consecutive
+windows sharing `doc_stride` context tokens; the question is repeated in every window. Train features carry the
+token positions of the first gold answer (the CLS position when the answer is not fully inside the window); eval
+features carry the question id (`example_id`) and the character offsets of the context tokens (None elsewhere),
+which post-processing uses to map token spans back to text.
+
+Post-processing follows the conventions of transformers' `examples/pytorch/question-answering/utils_qa.py`: in
+every window the `n_best_size` highest start and end logits are paired, pairs that leave the context, end before
+they start or are longer than `max_answer_length` tokens are dropped, a span scores start logit + end logit, and a
+question's answer is its best span over all of its windows.
+
+The metrics reproduce the official SQuAD v1.1 evaluation script (run under Python 3): answers are lower-cased,
+stripped of ASCII punctuation and of the articles a/an/the, and whitespace-collapsed; F1 is computed on bags of
+tokens; each prediction takes its best score over the reference answers; a question without a prediction scores
+0; both averages are reported ×100.
+
+Columns follow the Hub's `rajpurkar/squad`: `id`, `title`, `context`, `question`,
+`answers = {"text": [...], "answer_start": [...]}`.
+"""
+
+import re
+import string
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import DatasetDict, load_dataset
+from transformers import BatchEncoding, EvalPrediction, PreTrainedTokenizerBase
+
+from .utils import default_data_dir
+
+HUB_SQUAD = "rajpurkar/squad"
+MAX_SEQ_LENGTH = 384  # the defaults of transformers' run_qa.py
+DOC_STRIDE = 128
+MAX_QUESTION_LENGTH = 64  # Google BERT's max_query_length; no SQuAD v1.1 question is longer in WordPiece tokens
+N_BEST_SIZE = 20
+MAX_ANSWER_LENGTH = 30
+
+Columns = Mapping[str, Sequence[Any]]  # a batch of rows as columns: a `datasets` batch, a Dataset, or a dict
+
+
+def load_squad(data_dir: str | Path | None = None, hub_dataset: str = HUB_SQUAD) -> DatasetDict:
+    """SQuAD v1.1 (`train` 87,599, `validation` 10,570): the local mirror `<data_dir>/squad` where it exists
+    (default: `utils.default_data_dir()`), else the Hub dataset."""
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    if root is not None and (root / "squad").is_dir():
+        return load_dataset(str(root / "squad"), "plain_text")
+    return load_dataset(hub_dataset, "plain_text")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pre-processing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_texts(examples: Columns, fields: Sequence[str]) -> None:
+    """Raise a clear TypeError when a text field holds something other than strings (the tokenizer's own error
+    names neither the field nor the row)."""
+    for field in fields:
+        for row, value in enumerate(examples[field]):
+            if not isinstance(value, str):
+                raise TypeError(f"SQuAD field {field!r} must hold strings; row {row} is {type(value).__name__}")
+
+
+def question_token_budget(max_length: int, doc_stride: int, max_question_length: int = MAX_QUESTION_LENGTH) -> int:
+    """The most question tokens a window may hold: `max_question_length`, and few enough that every window keeps
+    more than `doc_stride` context tokens (the tokenizer refuses a stride as long as the window's context)."""
+    # 3 special tokens ([CLS] question [SEP] context [SEP]) and doc_stride + 1 context tokens must fit.
+    budget = min(max_question_length, max_length - doc_stride - 4)
+    if budget < 1:
+        raise ValueError(f"max_length={max_length} leaves no room for a question with doc_stride={doc_stride}")
+    return budget
+
+
+def truncate_questions(questions: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[str]:
+    """Questions without leading whitespace, each cut after its `max_tokens`-th token (at a token's last character,
+    so re-tokenising the cut text gives the same tokens)."""
+    questions = [question.lstrip() for question in questions]  # as run_qa.py: leading spaces waste window room
+    encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+    cut = []
+    for question, offsets in zip(questions, encoded["offset_mapping"]):
+        # Keep the question whole when it fits, else up to the end character of its last allowed token.
+        cut.append(question if len(offsets) <= max_tokens else question[: offsets[max_tokens - 1][1]])
+    return cut
+
+
+def _context_index(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Which sequence of the pair is the context: the second when padding is on the right (BERT), else the first,
+    so that truncation and padding both happen at the context's far end (as run_qa.py does)."""
+    return 1 if tokenizer.padding_side == "right" else 0
+
+
+def tokenize_windows(
+    examples: Columns,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int = MAX_SEQ_LENGTH,
+    doc_stride: int = DOC_STRIDE,
+    max_question_length: int = MAX_QUESTION_LENGTH,
+) -> BatchEncoding:
+    """Tokenise (question, context) pairs into padded windows of `max_length` tokens that overlap by `doc_stride`
+    context tokens; the result keeps `overflow_to_sample_mapping` (window -> example row) and `offset_mapping`."""
+    _check_texts(examples, ("question", "context"))
+    budget = question_token_budget(max_length, doc_stride, max_question_length)
+    questions = truncate_questions(list(examples["question"]), tokenizer, budget)
+    contexts = list(examples["context"])
+    # The context is the sequence that gets truncated and windowed; its place in the pair follows the padding side.
+    pair = (questions, contexts) if _context_index(tokenizer) == 1 else (contexts, questions)
+    return tokenizer(
+        *pair,
+        truncation="only_second" if _context_index(tokenizer) == 1 else "only_first",
+        max_length=max_length,
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding="max_length",
+    )
+
+
+def context_token_range(sequence_ids: Sequence[int | None], context_index: int) -> tuple[int, int] | None:
+    """First and last token positions of the context in one window, or None when the window holds no context."""
+    positions = [i for i, sequence in enumerate(sequence_ids) if sequence == context_index]
+    return (positions[0], positions[-1]) if positions else None
+
+
+def answer_token_span(
+    offsets: Sequence[tuple[int, int]],
+    context_range: tuple[int, int] | None,
+    start_char: int,
+    end_char: int,
+) -> tuple[int, int] | None:
+    """Token positions (start, end) of the characters [start_char, end_char) in one window, or None when the
+    answer is not wholly inside the window's context.
+
+    The start token is the last context token that starts at or before `start_char`, the end token the first
+    that ends at or after `end_char` (the tokens that contain the answer's first and last characters)."""
+    if context_range is None:
+        return None
+    first, last = context_range
+    if start_char < offsets[first][0] or end_char > offsets[last][1]:
+        return None  # the answer begins before or ends after this window's part of the context
+    starts = [offsets[i][0] for i in range(first, last + 1)]  # non-decreasing along the context
+    ends = [offsets[i][1] for i in range(first, last + 1)]
+    start = first + bisect_right(starts, start_char) - 1
+    end = first + bisect_left(ends, end_char)
+    return (start, end) if end >= start else None  # end < start only for an answer that is pure whitespace
+
+
+def prepare_train_features(
+    examples: Columns,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int = MAX_SEQ_LENGTH,
+    doc_stride: int = DOC_STRIDE,
+    max_question_length: int = MAX_QUESTION_LENGTH,
+) -> dict[str, list]:
+    """Training windows (for `Dataset.map(batched=True, remove_columns=...)`): input ids, masks, token types, and
+    `start_positions` / `end_positions` of the first gold answer, both the CLS position (0 for BERT) when that
+    answer is not wholly inside the window or the example has none."""
+    encoded = tokenize_windows(examples, tokenizer, max_length, doc_stride, max_question_length)
+    context_index = _context_index(tokenizer)
+    all_answers = list(examples["answers"])  # a list: indexing a Dataset column row by row is slow
+    start_positions, end_positions = [], []
+    for window, offsets in enumerate(encoded["offset_mapping"]):
+        cls_position = encoded["input_ids"][window].index(tokenizer.cls_token_id)
+        answers = all_answers[encoded["overflow_to_sample_mapping"][window]]
+        span = None
+        if answers["answer_start"]:  # train on the first answer, as run_qa.py does
+            start_char = answers["answer_start"][0]
+            end_char = start_char + len(answers["text"][0])
+            context_range = context_token_range(encoded.sequence_ids(window), context_index)
+            span = answer_token_span(offsets, context_range, start_char, end_char)
+        start, end = span if span is not None else (cls_position, cls_position)
+        start_positions.append(start)
+        end_positions.append(end)
+    features = {key: encoded[key] for key in encoded if key not in ("offset_mapping", "overflow_to_sample_mapping")}
+    return {**features, "start_positions": start_positions, "end_positions": end_positions}
+
+
+def prepare_eval_features(
+    examples: Columns,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int = MAX_SEQ_LENGTH,
+    doc_stride: int = DOC_STRIDE,
+    max_question_length: int = MAX_QUESTION_LENGTH,
+) -> dict[str, list]:
+    """Evaluation windows (for `Dataset.map(batched=True, remove_columns=...)`): the model inputs plus
+    `example_id` (the question id of each window) and `offset_mapping`, with None for every token that is not
+    context (question, special tokens, padding) so post-processing can never pick it."""
+    encoded = tokenize_windows(examples, tokenizer, max_length, doc_stride, max_question_length)
+    context_index = _context_index(tokenizer)
+    ids = list(examples["id"])  # a list: indexing a Dataset column row by row is slow
+    example_ids, offset_mapping = [], []
+    for window, offsets in enumerate(encoded["offset_mapping"]):
+        example_ids.append(ids[encoded["overflow_to_sample_mapping"][window]])
+        sequence_ids = encoded.sequence_ids(window)
+        offset_mapping.append([list(o) if s == context_index else None for o, s in zip(offsets, sequence_ids)])
+    features = {key: encoded[key] for key in encoded if key not in ("offset_mapping", "overflow_to_sample_mapping")}
+    return {**features, "example_id": example_ids, "offset_mapping": offset_mapping}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Post-processing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def window_candidates(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    offsets: Sequence[Sequence[int] | None],
+    n_best_size: int = N_BEST_SIZE,
+    max_answer_length: int = MAX_ANSWER_LENGTH,
+) -> list[dict[str, Any]]:
+    """The valid spans among the pairs of the window's `n_best_size` best start and end tokens, each as a dict
+    with `score` (start + end logit), `start_logit`, `end_logit`, `start_char` and `end_char`.
+
+    As run_qa.py, the best tokens are chosen among all positions before spans outside the context are dropped."""
+    length = min(len(offsets), len(start_logits))  # logits may be padded beyond the window (Trainer pads with -100)
+    start_logits = np.asarray(start_logits[:length], dtype=np.float64)
+    end_logits = np.asarray(end_logits[:length], dtype=np.float64)
+    in_context = np.array([o is not None and len(o) == 2 for o in offsets[:length]], dtype=bool)
+    top_starts = np.argsort(-start_logits, kind="stable")[:n_best_size]  # highest logits first
+    top_ends = np.argsort(-end_logits, kind="stable")[:n_best_size]
+    starts, ends = np.meshgrid(top_starts, top_ends, indexing="ij")  # every (start, end) pair of the two lists
+    span_length = ends - starts + 1
+    valid = in_context[starts] & in_context[ends] & (span_length >= 1) & (span_length <= max_answer_length)
+    candidates = []
+    for start, end in zip(starts[valid], ends[valid]):
+        candidates.append(
+            {
+                "score": float(start_logits[start] + end_logits[end]),
+                "start_logit": float(start_logits[start]),
+                "end_logit": float(end_logits[end]),
+                "start_char": int(offsets[start][0]),
+                "end_char": int(offsets[end][1]),
+            }
+        )
+    return candidates
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    """Probabilities from scores, shifted by their maximum so exp never overflows."""
+    exp = np.exp(scores - scores.max())
+    return exp / exp.sum()
+
+
+def nbest_predictions(
+    examples: Columns,
+    features: Columns,
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    n_best_size: int = N_BEST_SIZE,
+    max_answer_length: int = MAX_ANSWER_LENGTH,
+) -> dict[str, list[dict[str, Any]]]:
+    """For every question, its `n_best_size` best spans over all of its windows, best first, each with `text`,
+    `score`, `probability` (softmax over the kept spans), logits and character span in its context; an empty list
+    when no window has a valid span. `features` are the eval features in the order of the logits' rows."""
+    if len(start_logits) != len(features["example_id"]) or len(end_logits) != len(start_logits):
+        raise ValueError(f"{len(start_logits)} rows of logits for {len(features['example_id'])} features")
+    windows_of: dict[str, list[int]] = {}  # question id -> its rows among the features
+    for row, example_id in enumerate(features["example_id"]):
+        windows_of.setdefault(example_id, []).append(row)
+    offset_mapping = list(features["offset_mapping"])  # a list: indexing a Dataset column row by row is slow
+    predictions = {}
+    for example_id, context in zip(examples["id"], examples["context"]):
+        candidates = []
+        for row in windows_of.get(example_id, []):
+            candidates += window_candidates(
+                start_logits[row], end_logits[row], offset_mapping[row], n_best_size, max_answer_length
+            )
+        candidates = sorted(candidates, key=lambda c: c["score"], reverse=True)[:n_best_size]
+        if candidates:
+            probabilities = _softmax(np.array([c["score"] for c in candidates]))
+            for candidate, probability in zip(candidates, probabilities):
+                candidate["text"] = context[candidate["start_char"] : candidate["end_char"]]
+                candidate["probability"] = float(probability)
+        predictions[example_id] = candidates
+    return predictions
+
+
+def postprocess_predictions(
+    examples: Columns,
+    features: Columns,
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    n_best_size: int = N_BEST_SIZE,
+    max_answer_length: int = MAX_ANSWER_LENGTH,
+) -> dict[str, str]:
+    """One answer text per question: its best span over all of its windows ("" when there is none), as
+    `{question id: text}`, the format of the official evaluation script's prediction file."""
+    nbest = nbest_predictions(examples, features, start_logits, end_logits, n_best_size, max_answer_length)
+    return {example_id: candidates[0]["text"] if candidates else "" for example_id, candidates in nbest.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official SQuAD v1.1 metrics
+# ----------------------------------------------------------------------------------------------------------------
+
+_PUNCTUATION = frozenset(string.punctuation)  # ASCII only, as the official script: "“" or "–" are kept
+_ARTICLES = re.compile(r"\b(a|an|the)\b")  # Python 3 str patterns: \b and \w are Unicode-aware
+
+
+def normalize_answer(text: str) -> str:
+    """The official v1.1 normalisation, in its order: lower case, drop ASCII punctuation, replace the articles
+    a/an/the (whole words) by a space, collapse whitespace."""
+    text = text.lower()
+    text = "".join(character for character in text if character not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match_score(prediction: str, reference: str) -> float:
+    """1.0 when the normalised texts are equal (two answers that normalise to "" match), else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def f1_score(prediction: str, reference: str) -> float:
+    """Token-bag F1 of the normalised texts; 0.0 when they share no token (also when either is empty)."""
+    predicted, expected = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    common = sum((Counter(predicted) & Counter(expected)).values())  # multiset intersection size
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def max_over_references(metric: Callable[[str, str], float], prediction: str, references: Sequence[str]) -> float:
+    """The prediction's best score against any of the reference answers."""
+    return max(metric(prediction, reference) for reference in references)
+
+
+def squad_metrics(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """Official SQuAD v1.1 `exact_match` and `f1` (both ×100), averaged over the questions of `references`
+    (`{id: [answer texts]}`); a question missing from `predictions` scores 0, extra predictions are ignored."""
+    if not references:
+        raise ValueError("squad_metrics needs at least one reference question")
+    exact_match = f1 = 0.0
+    for question_id, answers in references.items():
+        if not answers:
+            raise ValueError(f"question {question_id!r} has no reference answer")
+        if question_id not in predictions:
+            continue  # the official script counts it with score 0
+        exact_match += max_over_references(exact_match_score, predictions[question_id], answers)
+        f1 += max_over_references(f1_score, predictions[question_id], answers)
+    return {"exact_match": 100.0 * exact_match / len(references), "f1": 100.0 * f1 / len(references)}
+
+
+def squad_references(examples: Columns) -> dict[str, list[str]]:
+    """`{question id: [reference answer texts]}` from SQuAD columns."""
+    return {example_id: list(answers["text"]) for example_id, answers in zip(examples["id"], examples["answers"])}
+
+
+def squad_compute_metrics(
+    examples: Columns,
+    features: Columns,
+    n_best_size: int = N_BEST_SIZE,
+    max_answer_length: int = MAX_ANSWER_LENGTH,
+) -> Callable[[EvalPrediction], dict[str, float]]:
+    """A `compute_metrics` for `Trainer` on the eval `features` of `examples`: decodes the predicted
+    (start_logits, end_logits) to one answer per question and scores it with `squad_metrics`."""
+    references = squad_references(examples)
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        start_logits, end_logits = prediction.predictions[:2]  # a QA model returns (start, end, ...)
+        texts = postprocess_predictions(examples, features, start_logits, end_logits, n_best_size, max_answer_length)
+        return squad_metrics(texts, references)
+
+    return compute_metrics
+
+
+__all__ = [
+    "DOC_STRIDE",
+    "MAX_ANSWER_LENGTH",
+    "MAX_QUESTION_LENGTH",
+    "MAX_SEQ_LENGTH",
+    "N_BEST_SIZE",
+    "answer_token_span",
+    "context_token_range",
+    "exact_match_score",
+    "f1_score",
+    "load_squad",
+    "nbest_predictions",
+    "normalize_answer",
+    "postprocess_predictions",
+    "prepare_eval_features",
+    "prepare_train_features",
+    "question_token_budget",
+    "squad_compute_metrics",
+    "squad_metrics",
+    "squad_references",
+    "tokenize_windows",
+    "truncate_questions",
+    "window_candidates",
+]
