@@ -4,6 +4,7 @@ import copy
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -194,8 +195,7 @@ def test_a_step_sums_the_gradients_of_its_subnets(tiny_config, tmp_path):
     expected = {name: torch.zeros_like(p) for name, p in student.named_parameters()}
     for width, depth in stage_subnets(student.config, "width_depth"):
         student.zero_grad(set_to_none=True)
-        with student.subnet(width=width, depth=depth):
-            trainer.subnet_loss(student, batch, width, {})[0].backward()
+        trainer.subnet_loss(student, batch, width, depth, {})[0].backward()
         for name, p in student.named_parameters():
             if p.grad is not None:
                 expected[name] += p.grad
@@ -524,3 +524,43 @@ def test_stage_units_never_import_the_trainer():
         tree = ast.parse(Path(unit.__file__).read_text())
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert not {"trainer", "transformers_flex.trainer", "transformers_flex"} & imported, unit.__name__
+
+
+class ForwardInAnotherThread(torch.nn.Module):
+    """Runs the wrapped model's forward in a new thread, as `nn.DataParallel` runs its replicas: a fresh context."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.module = model
+
+    def forward(self, **kwargs):
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(output=self.module(**kwargs)))
+        worker.start()
+        worker.join()
+        return result["output"]
+
+
+def test_distillation_reaches_forwards_run_in_other_threads(tiny_config, tmp_path):
+    """The sub-network of each distillation forward travels with the call: a wrapper that runs the forward in a new
+    thread (as DataParallel's replicas do) gets the same loss as the model itself, at every sub-network."""
+    torch.manual_seed(0)
+    teacher = FlexBertForSequenceClassification(tiny_config)
+    student = FlexBertForSequenceClassification(tiny_config).eval()  # no dropout: the two forwards must agree
+    data = random_classification_dataset(8)
+    trainer = FlexTrainer(
+        model=student,
+        args=make_args(tmp_path, flex_stage="width_depth"),
+        teacher_model=teacher,
+        train_dataset=data,
+        data_collator=pad_collate,
+    )
+    batch = trainer._prepare_inputs(pad_collate([data[i] for i in range(len(data))]))
+    wrapped = ForwardInAnotherThread(student)
+    losses = set()
+    for width, depth in stage_subnets(student.config, "width_depth"):
+        direct = trainer.subnet_loss(student, batch, width, depth, {})[0]
+        threaded = trainer.subnet_loss(wrapped, batch, width, depth, {})[0]
+        torch.testing.assert_close(threaded, direct, atol=1e-6, rtol=0)
+        losses.add(round(float(direct), 5))
+    assert len(losses) > 1  # the sub-networks really differ

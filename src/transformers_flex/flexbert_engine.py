@@ -189,18 +189,23 @@ class FlexBertDynamicMixin:
                 f"Planned exit layers {sorted(unknown)} have no classifier; layers that answer: {sorted(answering)}."
             )
 
-    def _asked_rows(self, run: RunningRows, layer: int, last: bool, exit_at: torch.Tensor | None) -> torch.Tensor:
-        """Which running rows answer (or may answer) at `layer`: a boolean over the running rows."""
+    def _asked_rows(
+        self, run: RunningRows, layer: int, last: bool, exit_at: torch.Tensor | None
+    ) -> slice | torch.Tensor:
+        """Which running rows answer (or may answer) at `layer`: `slice(None)` for all of them (the common case:
+        views, no copies of the hidden states), else their positions among the running rows."""
         if exit_at is not None and not last:
-            return exit_at[run.rows] == layer  # planned exits: only the rows planned here
-        if run.answered is not None:
-            return ~run.answered  # waiting for the whole batch: rows that have no answer yet
-        return torch.ones(len(run.rows), dtype=torch.bool, device=run.rows.device)
+            asked = exit_at[run.rows] == layer  # planned exits: only the rows planned here
+        elif run.answered is not None:
+            asked = ~run.answered  # waiting for the whole batch: rows that have no answer yet
+        else:
+            return slice(None)
+        return slice(None) if bool(asked.all()) else asked.nonzero().squeeze(1)
 
     def _exits(
         self,
         run: RunningRows,
-        asked: torch.Tensor,
+        asked: slice | torch.Tensor,
         answer: torch.Tensor,
         criterion: str,
         threshold: float,
@@ -311,7 +316,7 @@ class FlexBertDynamicMixin:
             if not last and layer not in answering:
                 continue
             asked = self._asked_rows(run, layer, last, exit_at)
-            if not bool(asked.any()):
+            if isinstance(asked, torch.Tensor) and asked.numel() == 0:
                 continue
             asked_states = {number: states[asked] for number, states in run.cls_states.items()}
             answer = self.layer_answer(layer, run.hidden[asked], run.mask[asked], asked_states, last)
@@ -322,7 +327,8 @@ class FlexBertDynamicMixin:
                 leaving = self._exits(run, asked, answer, criterion, threshold, regression_tolerance)
             if not bool(leaving.any()):
                 continue  # nobody leaves: no copies
-            finished = asked.nonzero().squeeze(1)[leaving]  # positions among the running rows
+            # Positions among the running rows of the rows that leave.
+            finished = leaving.nonzero().squeeze(1) if isinstance(asked, slice) else asked[leaving]
             self.store_answers(answers, run.rows[finished], answer[leaving])
             exit_layers[run.rows[finished]] = layer
             if last:

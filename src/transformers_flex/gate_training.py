@@ -57,8 +57,8 @@ def gate_targets(
     mask = model_inputs.get("attention_mask")
     correct, states = [], []
     for width in widths:
-        with flex_model.subnet(width=width):
-            output = model(**model_inputs, output_hidden_states=True)
+        # The static model at `width` (per call, so DataParallel's replicas run it too).
+        output = model(**model_inputs, output_hidden_states=True, width=width, dynamic=False)
         correct.append(prediction_is_correct(output.logits, inputs["labels"], regression_tolerance))
         pooled = [flex_model.width_gates[str(layer)].pool(output.hidden_states[layer], mask) for layer in gate_layers]
         states.append(torch.stack(pooled, dim=1))

@@ -35,9 +35,11 @@ def ramps_loss(
     model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
     losses = []
     for width in widths:
-        with flex_model.subnet(width=width):
-            outputs = model(**model_inputs, output_hidden_states=True)  # the ramps read the hidden states
-        ramps = flex_model.ramp_logits(outputs.hidden_states, model_inputs.get("attention_mask"))
+        # The static model at `width` (per call, so DataParallel's replicas run it too); the ramps read its states.
+        outputs = model(**model_inputs, output_hidden_states=True, width=width, dynamic=False)
+        ramps = flex_model.ramp_logits(
+            outputs.hidden_states, model_inputs.get("attention_mask"), flex_model.resolve_subnet(width)
+        )
         losses.append(
             ramp_training_loss(
                 mode,

@@ -125,6 +125,7 @@ class FlexTrainer(Trainer):
         self.importance_dataset = importance_dataset
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps = 0
+        self._eval_subnet: dict | None = None  # the sub-network `evaluate` is running, passed to every eval call
         self._last_graft_step: int | None = None
         self._grafting_schedule: set[int] | None = None  # set when training starts, from the real epoch length
 
@@ -162,14 +163,12 @@ class FlexTrainer(Trainer):
         if callable(getattr(self.optimizer, "train", None)):  # schedule-free optimizers switch modes, as in Trainer
             self.optimizer.train()
         inputs = self._prepare_inputs(inputs)
-        flex = self.flex_model
         teacher_cache: dict[float, Mapping] = {}
         total = torch.zeros((), device=self.args.device)
         components: dict[str, torch.Tensor] = {}
         for width, depth in self.step_subnets():
-            # Context-local: the model's own default sub-network is left as it was.
-            with flex.subnet(width=width, depth=depth), self.compute_loss_context_manager():
-                loss, parts = self.subnet_loss(model, inputs, width, teacher_cache)
+            with self.compute_loss_context_manager():
+                loss, parts = self.subnet_loss(model, inputs, width, depth, teacher_cache)
             # One backward per sub-network: its graph is freed before the next forward.
             loss = loss / self.current_gradient_accumulation_steps
             self.accelerator.backward(loss)
@@ -180,11 +179,14 @@ class FlexTrainer(Trainer):
         return total
 
     def subnet_loss(
-        self, model: nn.Module, inputs: dict[str, torch.Tensor], width: float, teacher_cache: dict
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], width: float, depth: float, teacher_cache: dict
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss of the active sub-network and its named parts."""
+        """Loss of the (width, depth) sub-network and its named parts. The sub-network travels with each call, so
+        it reaches DataParallel's replicas (which run in threads of their own) and leaves the model's default alone."""
+        subnet = {"width": width, "depth": depth}
         if self.args.flex_stage == "final":
-            loss = model(**inputs).loss.mean()  # mean: DataParallel (several GPUs, one process) returns one per GPU
+            # mean: DataParallel (several GPUs, one process) returns one loss per GPU
+            loss = model(**inputs, **subnet).loss.mean()
             return loss, {"loss_ce": loss}
         model_inputs = {
             key: value for key, value in inputs.items() if key not in ("labels", "start_positions", "end_positions")
@@ -195,7 +197,7 @@ class FlexTrainer(Trainer):
         teacher = teacher_cache[teacher_width]
         lambda_logits, lambda_hidden = self.args.loss_weights()
         use_hidden = lambda_hidden > 0
-        student = model(**model_inputs, output_hidden_states=use_hidden)
+        student = model(**model_inputs, output_hidden_states=use_hidden, **subnet)
         config = self.flex_model.config
         regression = config.problem_type == "regression" or config.num_labels == 1
         if hasattr(student, "start_logits"):  # extractive QA: distil both span distributions
@@ -211,7 +213,7 @@ class FlexTrainer(Trainer):
             mask = model_inputs.get("attention_mask")
             if mask is None:
                 mask = torch.ones(student.hidden_states[0].shape[:2], device=student.hidden_states[0].device)
-            active_layers = self.flex_model.base_model.encoder.active_layers
+            active_layers = self.flex_model.base_model.encoder.kept_layers(self.flex_model.resolve_subnet(**subnet))
             parts["loss_hidden"] = hidden_states_distillation(
                 student.hidden_states, teacher.hidden_states, active_layers, mask
             )
@@ -229,13 +231,16 @@ class FlexTrainer(Trainer):
         """Trainer's evaluation step, on what the stage unit evaluates (the gates stage: the gated model)."""
         if self.stage_unit is not None:
             model = self.stage_unit.evaluation_forward(model, self.flex_model)
+        if self._eval_subnet is not None:  # per call, so that DataParallel's replicas run it too
+            inputs = {**inputs, **self._eval_subnet}
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
 
     @torch.no_grad()
     def teacher_outputs(self, model_inputs: dict[str, torch.Tensor], width: float) -> Mapping:
         """The teacher's outputs (logits and every hidden state) at `width`, full depth."""
-        with self.teacher_model.subnet(width=width, depth=1.0):
-            return self.teacher_model(**model_inputs, output_hidden_states=self.args.loss_weights()[1] > 0)
+        use_hidden = self.args.loss_weights()[1] > 0
+        # The static model (a teacher saved for dynamic inference would run the engine in eval mode).
+        return self.teacher_model(**model_inputs, output_hidden_states=use_hidden, width=width, dynamic=False)
 
     # --- grafting ----------------------------------------------------------------------------------------------
 
@@ -325,7 +330,8 @@ class FlexTrainer(Trainer):
         metrics = {}
         for width, depth in subnets:
             prefix = f"{metric_key_prefix}_w{width}_d{depth}"
-            with self.flex_model.subnet(width=width, depth=depth):
+            self._eval_subnet = {"width": width, "depth": depth}
+            try:
                 output = self.evaluation_loop(
                     dataloader,
                     description=f"Evaluation (width {width}, depth {depth})",
@@ -333,6 +339,8 @@ class FlexTrainer(Trainer):
                     ignore_keys=ignore_keys,
                     metric_key_prefix=prefix,
                 )
+            finally:
+                self._eval_subnet = None
             metrics.update(output.metrics)
             if (width, depth) == (1.0, 1.0):
                 metrics.update(
