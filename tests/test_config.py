@@ -53,6 +53,27 @@ def test_an_invalid_assignment_is_refused_and_the_old_value_stays(field, value):
     assert config.to_dict() == before
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("num_attention_heads", 0), ("ramp_attention_heads", 0), ("hidden_size", None)]
+)
+def test_sizes_must_be_positive_integers_and_a_refused_size_is_not_kept(field, value):
+    config = FlexBertConfig()
+    before = config.to_dict()
+    with pytest.raises(ValueError, match=field):
+        setattr(config, field, value)
+    assert config.to_dict() == before
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"num_hidden_layers": 3, "exit_layers": [1, 2]}, {"exit_layers": [1, 2], "num_hidden_layers": 3}],
+)
+def test_load_time_overrides_that_only_fit_together_load_in_any_order(tmp_path, overrides):
+    FlexBertConfig(num_hidden_layers=6, exit_layers=[2, 5]).save_pretrained(tmp_path)
+    config = FlexBertConfig.from_pretrained(tmp_path, **overrides)
+    assert (config.num_hidden_layers, config.exit_layers) == (3, [1, 2])
+
+
 def test_an_invalid_update_restores_every_field():
     config = FlexBertConfig(num_hidden_layers=6, exit_layers=[2, 4])
     before = config.to_dict()

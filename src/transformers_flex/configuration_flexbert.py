@@ -207,6 +207,14 @@ class FlexBertConfig(PreTrainedConfig):
         self.check_flex_fields()
         object.__setattr__(self, _CHECKS_ARMED, True)
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """`PreTrainedConfig.from_dict`, with overrides of checked fields (e.g. `from_pretrained(path,
+        num_hidden_layers=3, exit_layers=[1, 2])`) built into the config together, not assigned one by one: each
+        would be checked against the checkpoint's other values and fail, or not, depending on the order."""
+        overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in CHECKED_FIELDS}
+        return super().from_dict({**config_dict, **overrides}, **kwargs)
+
     def __setattr__(self, key, value):
         """Assigning a flexibility field re-runs the checks; an invalid value raises and the old one stays."""
         if key not in CHECKED_FIELDS or not self.__dict__.get(_CHECKS_ARMED, False):
@@ -216,20 +224,16 @@ class FlexBertConfig(PreTrainedConfig):
     def update(self, config_dict: dict) -> None:
         """Set several fields at once, checked together once all are set (fields depend on each other, e.g.
         `num_hidden_layers` and `layer_num_heads`); if the result is invalid, every field keeps its old value."""
-        missing = object()
-        previous = {key: self.__dict__.get(key, missing) for key in config_dict}
+        previous = dict(self.__dict__)  # everything, since some fields set others (num_labels sets id2label)
         armed = self.__dict__.get(_CHECKS_ARMED, False)
         object.__setattr__(self, _CHECKS_ARMED, False)  # no check per field: the fields are checked together below
         try:
             super().update(config_dict)
             if armed:
                 self.check_flex_fields()
-        except ValueError:
-            for key, value in previous.items():
-                if value is missing:
-                    self.__dict__.pop(key, None)
-                else:
-                    super().__setattr__(key, value)
+        except Exception:
+            self.__dict__.clear()
+            self.__dict__.update(previous)
             raise
         finally:
             object.__setattr__(self, _CHECKS_ARMED, armed)
@@ -247,6 +251,17 @@ class FlexBertConfig(PreTrainedConfig):
 
     def check_flex_fields(self) -> None:
         """Raise a `ValueError` naming the field and its allowed values for any invalid flexibility setting."""
+        for name in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "ramp_attention_size",
+            "ramp_attention_heads",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` "
