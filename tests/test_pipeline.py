@@ -300,3 +300,15 @@ def test_last_complete_checkpoint_passes_over_cut_off_ones(tmp_path):
     ]
     (tmp_path / "checkpoint-1" / "trainer_state.json").unlink()
     assert last_complete_checkpoint(tmp_path) is None  # nothing complete: the stage starts from scratch
+
+
+def test_overwrite_never_deletes_the_checkpoint_a_run_starts_from(tmp_path):
+    from transformers_flex.training_pipeline import RunDirectoryError, prepare_output_dir
+
+    run = tmp_path / "run"
+    (run / "teacher").mkdir(parents=True)
+    (run / "teacher" / "config.json").write_text("{}")
+    record = {"model": {"model_name_or_path": str(run / "teacher")}, "stages": {}}
+    with pytest.raises(RunDirectoryError, match="starts from"):
+        prepare_output_dir(run, record, overwrite=True)
+    assert (run / "teacher" / "config.json").exists()

@@ -245,14 +245,19 @@ def resolve_stages(pipeline_args: PipelineArguments, model_args: ModelArguments)
     return tuple(ordered)
 
 
-def check_dynamic_flags(stages: tuple[str, ...], model_args: ModelArguments, start_config) -> None:
+def check_dynamic_flags(
+    stages: tuple[str, ...], model_args: ModelArguments, start_config, stopped_early: bool = False
+) -> None:
     """Architecture flags and the stages they shape go together: refuse a flag no stage uses, and a ramps/gates
-    stage with nothing to train, before anything is trained."""
+    stage with nothing to train, before anything is trained. A flag whose stage `--last_stage` cut off
+    (`stopped_early`: the same command, stopped earlier) is only a warning."""
     for stage, flag, value, existing in (
         ("ramps", "--exit_layers", model_args.exit_layers, getattr(start_config, "exit_layers", None)),
         ("gates", "--gate_block_size", model_args.gate_block_size, getattr(start_config, "gate_block_size", 0)),
     ):
-        if value and stage not in stages:
+        if value and stage not in stages and stopped_early:
+            logger.warning("%s shapes the %s stage, which --last_stage leaves out of this run.", flag, stage)
+        elif value and stage not in stages:
             raise SystemExit(f"{flag} shapes the {stage} stage, which this run does not include ({list(stages)}).")
         # The first stage may start from a checkpoint that already has the modules; a later one never does.
         if stage in stages and not value and not (stage == stages[0] and existing):
@@ -487,6 +492,12 @@ def prepare_output_dir(output_dir: Path, config: dict, overwrite: bool) -> dict:
     first. A directory with outputs but no record (copied stages, an older version's run) is taken as it is.
     """
     record_path = output_dir / RUN_CONFIG_NAME
+    inputs = [config["model"].get(key) for key in ("model_name_or_path", "teacher_name_or_path")]
+    inside = [path for path in inputs if path and Path(path).resolve().is_relative_to(output_dir.resolve())]
+    if overwrite and inside:
+        raise RunDirectoryError(
+            f"--overwrite_output_dir would delete {inside[0]}, which this run starts from: use another --output_dir."
+        )
     if overwrite and output_dir.exists():
         if not looks_like_a_run(output_dir):
             raise RunDirectoryError(
@@ -836,7 +847,8 @@ def run(model_args, data_args, pipeline_args, training_args: FlexTrainingArgumen
     if teacher is not None:
         check_teacher_labels(teacher, task, teacher_path)
     if pipeline:
-        check_dynamic_flags(stages, model_args, AutoConfig.from_pretrained(start))
+        stopped_early = pipeline_args.last_stage is not None
+        check_dynamic_flags(stages, model_args, AutoConfig.from_pretrained(start), stopped_early)
         teacher = None  # the pipeline loads its stages' teachers itself
     splits = select_splits(task, raw, data_args, training_args.seed)
     output_dir = Path(training_args.output_dir)
