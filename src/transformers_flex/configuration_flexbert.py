@@ -135,8 +135,9 @@ class FlexBertConfig(PreTrainedConfig):
             1-based layers' [CLS] states instead of the last layer's alone (layers a shallower sub-network skips
             drop out of the mix).
         dynamic_inference (`bool`, defaults to `False`):
-            In eval mode, `FlexBertForSequenceClassification` runs per example: gates pick widths, off-ramps stop
-            early, rows that exit leave the batch. Outputs report each example's exit layer, widths and FLOPs.
+            In eval mode, the heads run the dynamic engine (a call's `dynamic=` overrides it): gates pick widths,
+            off-ramps stop early, rows that exit leave the batch. Outputs report each example's exit layer, widths and
+            FLOPs.
         layer_num_heads (`list[int]`, *optional*):
             Heads of each layer of an exported (physically smaller) model; `None` means `num_attention_heads` each.
         layer_intermediate_sizes (`list[int]`, *optional*):
