@@ -281,6 +281,7 @@ class FlexBertDynamicMixin:
         answering = set(self.answer_layers(active)) if use_ramps or exit_at is not None else set()
         if exit_at is not None:
             self._check_planned_exits(exit_at, answering | {active[-1] + 1})
+            answering = set(exit_at.tolist()) - {active[-1] + 1}  # planned exits: only the planned layers answer
         gates = self.width_gates if use_gates else {}
         gate_values = torch.tensor(gate_widths, dtype=torch.float64, device=device)
         gate_flops = 2 * cls_head_macs(config.hidden_size, len(gate_widths))
