@@ -312,3 +312,13 @@ def test_overwrite_never_deletes_the_checkpoint_a_run_starts_from(tmp_path):
     with pytest.raises(RunDirectoryError, match="starts from"):
         prepare_output_dir(run, record, overwrite=True)
     assert (run / "teacher" / "config.json").exists()
+
+
+def test_a_complete_checkpoint_in_a_layout_without_model_safetensors_is_resumed(tmp_path):
+    """FSDP, DeepSpeed or adapter checkpoints hold other weight files: a complete trainer state is enough."""
+    folder = tmp_path / "checkpoint-3"
+    folder.mkdir()
+    save_file({"weight": torch.ones(4)}, folder / "adapter_model.safetensors")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
+    assert last_complete_checkpoint(tmp_path) == str(folder)
+    assert [path.name for path in tmp_path.iterdir()] == ["checkpoint-3"]  # nothing set aside

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding, HfArgumentParser, TrainerState, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_NAME
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .data import HUB_GLUE, load_data_files, load_glue, split_train_heldout
 from .importance import compute_importance, rewire
@@ -564,9 +564,11 @@ def weights_problem(folder: Path) -> str | None:
             if problem := safetensors_problem(folder / shard):
                 return problem
         return None
-    if (folder / WEIGHTS_NAME).is_file():
-        return None  # a pickled checkpoint: its size cannot be checked, torch.load will tell
-    return safetensors_problem(folder / SAFE_WEIGHTS_NAME)
+    if (folder / SAFE_WEIGHTS_NAME).exists():
+        return safetensors_problem(folder / SAFE_WEIGHTS_NAME)
+    # A pickled checkpoint, or a layout this check does not know (FSDP shards, DeepSpeed, adapters): with a complete
+    # trainer state it is taken as written; the Trainer's own loading reports a broken one.
+    return None
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
