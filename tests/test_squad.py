@@ -427,20 +427,10 @@ def test_dataset_map_and_decoding_from_datasets(data_dir, tokenizer, windows):
 
     examples, train, evaluation = windows
     dataset = Dataset.from_dict({key: values[:50] for key, values in examples.items()})
-    columns = dataset.column_names
-    train_set = dataset.map(
-        prepare_train_features,
-        batched=True,
-        batch_size=16,
-        remove_columns=columns,
-        fn_kwargs={"tokenizer": tokenizer, "max_length": MAX_LENGTH, "doc_stride": STRIDE},
-    )
-    eval_set = dataset.map(
-        prepare_eval_features,
-        batched=True,
-        batch_size=16,
-        remove_columns=columns,
-        fn_kwargs={"tokenizer": tokenizer, "max_length": MAX_LENGTH, "doc_stride": STRIDE},
+    settings = {"tokenizer": tokenizer, "max_length": MAX_LENGTH, "doc_stride": STRIDE}
+    train_set, eval_set = (
+        dataset.map(prepare, batched=True, batch_size=16, remove_columns=dataset.column_names, fn_kwargs=settings)
+        for prepare in (prepare_train_features, prepare_eval_features)
     )
     rows = len(train_set)
     assert train_set["start_positions"][:] == train["start_positions"][:rows]

@@ -372,19 +372,6 @@ class FlexBertEncoder(nn.Module):
         """0-based indices of the layers the active sub-network runs."""
         return self.kept_layers()
 
-    @property
-    def layer_widths(self) -> list[float]:
-        """The active width multiplier of every layer."""
-        return self.active_subnet.layer_widths(len(self.layer))
-
-    @property
-    def width(self) -> Width:
-        return self.active_subnet.as_dict()["width"]
-
-    @property
-    def depth(self) -> float:
-        return self.active_subnet.depth
-
     def forward(
         self,
         hidden_states: torch.Tensor,
