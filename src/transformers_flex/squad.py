@@ -102,9 +102,11 @@ def tokenize_windows(
     max_length: int = MAX_SEQ_LENGTH,
     doc_stride: int = DOC_STRIDE,
     max_question_length: int = MAX_QUESTION_LENGTH,
+    pad_to_max_length: bool = True,
 ) -> BatchEncoding:
-    """Tokenise (question, context) pairs into padded windows of `max_length` tokens that overlap by `doc_stride`
-    context tokens; the result keeps `overflow_to_sample_mapping` (window -> example row) and `offset_mapping`."""
+    """Tokenise (question, context) pairs into windows of at most `max_length` tokens that overlap by `doc_stride`
+    context tokens, padded to `max_length` when `pad_to_max_length` (else a collator pads each batch to its
+    longest window); the result keeps `overflow_to_sample_mapping` (window -> example row) and `offset_mapping`."""
     _check_texts(examples, ("question", "context"))
     budget = question_token_budget(max_length, doc_stride, max_question_length)
     questions = truncate_questions(list(examples["question"]), tokenizer, budget)
@@ -118,7 +120,7 @@ def tokenize_windows(
         stride=doc_stride,
         return_overflowing_tokens=True,
         return_offsets_mapping=True,
-        padding="max_length",
+        padding="max_length" if pad_to_max_length else False,
     )
 
 
@@ -151,19 +153,12 @@ def answer_token_span(
     return (start, end) if end >= start else None  # end < start only for an answer that is pure whitespace
 
 
-def prepare_train_features(
-    examples: Columns,
-    tokenizer: PreTrainedTokenizerBase,
-    max_length: int = MAX_SEQ_LENGTH,
-    doc_stride: int = DOC_STRIDE,
-    max_question_length: int = MAX_QUESTION_LENGTH,
-) -> dict[str, list]:
-    """Training windows (for `Dataset.map(batched=True, remove_columns=...)`): input ids, masks, token types, and
-    `start_positions` / `end_positions` of the first gold answer, both the CLS position (0 for BERT) when that
-    answer is not wholly inside the window or the example has none."""
-    encoded = tokenize_windows(examples, tokenizer, max_length, doc_stride, max_question_length)
+def answer_positions(
+    encoded: BatchEncoding, all_answers: Sequence[Mapping[str, Sequence]], tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[int], list[int]]:
+    """Token positions (start, end) of every window's first gold answer, both the CLS position (0 for BERT) when that
+    answer is not wholly inside the window or the example has none; `all_answers` are the examples' `answers`."""
     context_index = _context_index(tokenizer)
-    all_answers = list(examples["answers"])  # a list: indexing a Dataset column row by row is slow
     start_positions, end_positions = [], []
     for window, offsets in enumerate(encoded["offset_mapping"]):
         cls_position = encoded["input_ids"][window].index(tokenizer.cls_token_id)
@@ -177,6 +172,22 @@ def prepare_train_features(
         start, end = span if span is not None else (cls_position, cls_position)
         start_positions.append(start)
         end_positions.append(end)
+    return start_positions, end_positions
+
+
+def prepare_train_features(
+    examples: Columns,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int = MAX_SEQ_LENGTH,
+    doc_stride: int = DOC_STRIDE,
+    max_question_length: int = MAX_QUESTION_LENGTH,
+    pad_to_max_length: bool = True,
+) -> dict[str, list]:
+    """Training windows (for `Dataset.map(batched=True, remove_columns=...)`): input ids, masks, token types, and
+    `start_positions` / `end_positions` of the first gold answer (see `answer_positions`)."""
+    encoded = tokenize_windows(examples, tokenizer, max_length, doc_stride, max_question_length, pad_to_max_length)
+    # A list: indexing a Dataset column row by row is slow.
+    start_positions, end_positions = answer_positions(encoded, list(examples["answers"]), tokenizer)
     features = {key: encoded[key] for key in encoded if key not in ("offset_mapping", "overflow_to_sample_mapping")}
     return {**features, "start_positions": start_positions, "end_positions": end_positions}
 
@@ -187,11 +198,15 @@ def prepare_eval_features(
     max_length: int = MAX_SEQ_LENGTH,
     doc_stride: int = DOC_STRIDE,
     max_question_length: int = MAX_QUESTION_LENGTH,
+    pad_to_max_length: bool = True,
+    with_answer_positions: bool = False,
 ) -> dict[str, list]:
     """Evaluation windows (for `Dataset.map(batched=True, remove_columns=...)`): the model inputs plus
     `example_id` (the question id of each window) and `offset_mapping`, with None for every token that is not
-    context (question, special tokens, padding) so post-processing can never pick it."""
-    encoded = tokenize_windows(examples, tokenizer, max_length, doc_stride, max_question_length)
+    context (question, special tokens, padding) so post-processing can never pick it. `with_answer_positions` adds
+    the first answer's `start_positions` / `end_positions`, so `Trainer` reports a dev loss (and, having labels,
+    calls `compute_metrics`)."""
+    encoded = tokenize_windows(examples, tokenizer, max_length, doc_stride, max_question_length, pad_to_max_length)
     context_index = _context_index(tokenizer)
     ids = list(examples["id"])  # a list: indexing a Dataset column row by row is slow
     example_ids, offset_mapping = [], []
@@ -200,6 +215,9 @@ def prepare_eval_features(
         sequence_ids = encoded.sequence_ids(window)
         offset_mapping.append([list(o) if s == context_index else None for o, s in zip(offsets, sequence_ids)])
     features = {key: encoded[key] for key in encoded if key not in ("offset_mapping", "overflow_to_sample_mapping")}
+    if with_answer_positions:
+        start_positions, end_positions = answer_positions(encoded, list(examples["answers"]), tokenizer)
+        features |= {"start_positions": start_positions, "end_positions": end_positions}
     return {**features, "example_id": example_ids, "offset_mapping": offset_mapping}
 
 
@@ -354,41 +372,77 @@ def squad_references(examples: Columns) -> dict[str, list[str]]:
     return {example_id: list(answers["text"]) for example_id, answers in zip(examples["id"], examples["answers"])}
 
 
+class SquadMetrics:
+    """A `compute_metrics` for `Trainer` on the eval `features` of `examples`: decodes the predicted
+    (start_logits, end_logits) to one answer per question and scores it with `squad_metrics`.
+
+    Every call's answers (`{question id: text}`, the official prediction-file format) are kept in `predictions`, in
+    call order, so that a caller evaluating several sub-networks can write each one's `predictions.json`.
+    """
+
+    def __init__(
+        self,
+        examples: Columns,
+        features: Columns,
+        n_best_size: int = N_BEST_SIZE,
+        max_answer_length: int = MAX_ANSWER_LENGTH,
+    ):
+        self.examples, self.features = examples, features
+        self.n_best_size, self.max_answer_length = n_best_size, max_answer_length
+        self.references = squad_references(examples)
+        self.predictions: list[dict[str, str]] = []
+
+    def __call__(self, prediction: EvalPrediction) -> dict[str, float]:
+        start_logits, end_logits = prediction.predictions[:2]  # a QA model returns (start, end, ...)
+        texts = postprocess_predictions(
+            self.examples, self.features, start_logits, end_logits, self.n_best_size, self.max_answer_length
+        )
+        self.predictions.append(texts)
+        return squad_metrics(texts, self.references)
+
+
 def squad_compute_metrics(
     examples: Columns,
     features: Columns,
     n_best_size: int = N_BEST_SIZE,
     max_answer_length: int = MAX_ANSWER_LENGTH,
-) -> Callable[[EvalPrediction], dict[str, float]]:
-    """A `compute_metrics` for `Trainer` on the eval `features` of `examples`: decodes the predicted
-    (start_logits, end_logits) to one answer per question and scores it with `squad_metrics`."""
-    references = squad_references(examples)
+) -> SquadMetrics:
+    """`SquadMetrics` of the eval `features` of `examples` (a `compute_metrics` for `Trainer`)."""
+    return SquadMetrics(examples, features, n_best_size, max_answer_length)
 
-    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-        start_logits, end_logits = prediction.predictions[:2]  # a QA model returns (start, end, ...)
-        texts = postprocess_predictions(examples, features, start_logits, end_logits, n_best_size, max_answer_length)
-        return squad_metrics(texts, references)
 
-    return compute_metrics
+def misplaced_answers(examples: Columns) -> list[str]:
+    """Ids of training examples whose first answer is not at its `answer_start` in the context (or is missing):
+    they train as "no answer in this window" (the CLS position), so a caller should say how many there are."""
+    misplaced = []
+    for example_id, context, answers in zip(examples["id"], examples["context"], examples["answers"]):
+        texts, starts = answers["text"], answers["answer_start"]
+        if not texts or not starts or context[starts[0] : starts[0] + len(texts[0])] != texts[0] or not texts[0]:
+            misplaced.append(example_id)
+    return misplaced
 
 
 __all__ = [
     "DOC_STRIDE",
+    "HUB_SQUAD",
     "MAX_ANSWER_LENGTH",
     "MAX_QUESTION_LENGTH",
     "MAX_SEQ_LENGTH",
     "N_BEST_SIZE",
+    "answer_positions",
     "answer_token_span",
     "context_token_range",
     "exact_match_score",
     "f1_score",
     "load_squad",
+    "misplaced_answers",
     "nbest_predictions",
     "normalize_answer",
     "postprocess_predictions",
     "prepare_eval_features",
     "prepare_train_features",
     "question_token_budget",
+    "SquadMetrics",
     "squad_compute_metrics",
     "squad_metrics",
     "squad_references",

@@ -3,10 +3,13 @@
 A task is resolved from the data itself, as transformers' `run_glue.py` does: the text columns are `sentence1` and
 `sentence2` when present, else the first one or two string columns other than the label; a float label column
 means regression; label names come from a `ClassLabel` feature, else from the sorted distinct training labels. A
-GLUE task name fills all of this in. Every problem with the data is a `FlexDataError` that names the split and the
+GLUE task name fills all of this in. Data with SQuAD's columns (`id`, `question`, `context`, `answers`), or the task
+name `squad`, is extractive question answering: windows of the context, span decoding, and the official SQuAD v1.1
+metrics (`squad.py`). Every problem with the data is a `FlexDataError` that names the split and the
 column, raised before any model is trained.
 """
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,16 +18,34 @@ from transformers import EvalPrediction, PreTrainedTokenizerBase
 
 from .data import GLUE_DEV_SPLIT, GLUE_EXTRA_DEV_SPLITS, GLUE_TEXT_COLUMNS, check_glue_task
 from .metrics import classification_metrics, glue_metrics, regression_metrics
-from .modeling_flexbert import FlexBertForSequenceClassification
+from .modeling_flexbert import FlexBertForQuestionAnswering, FlexBertForSequenceClassification
+from .squad import (
+    DOC_STRIDE,
+    MAX_ANSWER_LENGTH,
+    MAX_SEQ_LENGTH,
+    N_BEST_SIZE,
+    SquadMetrics,
+    misplaced_answers,
+    prepare_eval_features,
+    prepare_train_features,
+)
 
-# Kinds of task and the model class of each; a new kind (e.g. extractive QA) adds its class, tokenization and metric.
+logger = logging.getLogger(__name__)
+
+# Kinds of task and the model class of each; a new kind adds its class, tokenization and metric.
 TASK_MODEL_CLASSES = {
     "classification": FlexBertForSequenceClassification,
     "regression": FlexBertForSequenceClassification,
+    "extractive_qa": FlexBertForQuestionAnswering,
 }
 TASK_KINDS = tuple(TASK_MODEL_CLASSES)
 # `config.problem_type` of each kind, so the model's own loss is the right one from the first step.
 PROBLEM_TYPES = {"classification": "single_label_classification", "regression": "regression"}
+# The task name of SQuAD v1.1, and the columns that make data extractive QA (the Hub's `rajpurkar/squad` layout).
+SQUAD_TASK = "squad"
+SQUAD_COLUMNS = ("id", "question", "context", "answers")
+# Default truncation length of each kind (run_glue.py's 128, run_qa.py's 384).
+DEFAULT_MAX_LENGTHS = {"classification": 128, "regression": 128, "extractive_qa": MAX_SEQ_LENGTH}
 FLOAT_DTYPES = ("float16", "float32", "float64")
 STRING_DTYPES = ("string", "large_string")  # CSV and JSON files load as large_string
 
@@ -38,16 +59,22 @@ class FlexTask:
     """A task the pipeline trains: which columns to read, what to predict, and how to score it.
 
     Args:
-        name: A label for records and logs (the GLUE task name, the dataset id or `custom`).
-        kind: `classification` or `regression`.
-        text_columns: One column (single sentence) or two (a pair), tokenized together.
-        label_column: The column holding the gold label.
+        name: A label for records and logs (the GLUE task name, `squad`, the dataset id or `custom`).
+        kind: `classification`, `regression` or `extractive_qa`.
+        text_columns: One column (single sentence) or two (a pair), tokenized together; extractive QA reads
+            `question` and `context`.
+        label_column: The column holding the gold label (extractive QA: `answers`).
         label_names: Class names in id order (classification); they become `config.id2label`.
         label_to_id: Raw label value -> class id, for labels stored as strings or unencoded numbers; `None` when
             the column already holds the ids (a `ClassLabel`).
         glue_task: The GLUE task whose official metrics are reported, if any.
         dev_split: The split every stage is evaluated on.
         extra_dev_splits: Further dev splits reported by metric-key prefix (MNLI mismatched: `{"eval_mm": ...}`).
+        doc_stride: Extractive QA: context tokens shared by consecutive windows of one context.
+        n_best_size: Extractive QA: start and end candidates per window when decoding spans.
+        max_answer_length: Extractive QA: longest answer span, in tokens.
+        pad_to_max_length: Extractive QA: pad every window to the maximum length (run_qa.py's default); else each
+            batch is padded to its longest window, which gives the same answers for less compute.
     """
 
     name: str
@@ -59,6 +86,10 @@ class FlexTask:
     glue_task: str | None = None
     dev_split: str = "validation"
     extra_dev_splits: dict[str, str] = field(default_factory=dict)
+    doc_stride: int = DOC_STRIDE
+    n_best_size: int = N_BEST_SIZE
+    max_answer_length: int = MAX_ANSWER_LENGTH
+    pad_to_max_length: bool = False
 
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
@@ -67,7 +98,17 @@ class FlexTask:
             raise ValueError(f"A task reads one or two text columns, got {list(self.text_columns)}.")
 
     @property
+    def is_qa(self) -> bool:
+        return self.kind == "extractive_qa"
+
+    @property
+    def default_max_length(self) -> int:
+        return DEFAULT_MAX_LENGTHS[self.kind]
+
+    @property
     def num_labels(self) -> int:
+        if self.is_qa:
+            return 2  # start and end logits
         if self.kind == "classification" and not self.label_names:
             raise ValueError(f"The classification task {self.name!r} has no `label_names` yet.")
         return 1 if self.kind == "regression" else len(self.label_names)
@@ -78,15 +119,25 @@ class FlexTask:
 
     def config_overrides(self) -> dict:
         """Config fields of the task's head: label count, names (`id2label`/`label2id`) and the loss it implies."""
+        if self.is_qa:
+            return {"num_labels": self.num_labels}
         overrides = {"num_labels": self.num_labels, "problem_type": PROBLEM_TYPES[self.kind]}
         if self.kind == "classification":
             overrides["id2label"] = dict(enumerate(self.label_names))
             overrides["label2id"] = {name: index for index, name in enumerate(self.label_names)}
         return overrides
 
-    def compute_metrics(self) -> Callable[[EvalPrediction], dict[str, float]]:
+    def compute_metrics(
+        self, dev_examples: Dataset | None = None, dev_features: Dataset | None = None
+    ) -> Callable[[EvalPrediction], dict[str, float]]:
         """A `compute_metrics` for `Trainer`: GLUE's official metrics for GLUE tasks, else accuracy and macro F1
-        (classification) or Pearson and Spearman correlations (regression)."""
+        (classification) or Pearson and Spearman correlations (regression). Extractive QA decodes spans over the
+        windows (`dev_features`) of the raw `dev_examples` and reports the official SQuAD v1.1 exact match and F1;
+        the returned `SquadMetrics` keeps each evaluation's answers."""
+        if self.is_qa:
+            if dev_examples is None or dev_features is None:
+                raise ValueError("Extractive QA metrics need the raw dev examples and their windows.")
+            return SquadMetrics(dev_examples, dev_features, self.n_best_size, self.max_answer_length)
 
         def compute(prediction: EvalPrediction) -> dict[str, float]:
             outputs = prediction.predictions
@@ -99,9 +150,26 @@ class FlexTask:
 
         return compute
 
-    def tokenize(self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
+    def tokenize(
+        self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, training: bool = True
+    ) -> Dataset:
         """Tokenized examples (truncated, unpadded) with their `labels` (class ids, or float32 scores); the raw
-        columns are dropped."""
+        columns are dropped. Extractive QA gives windows of each context: for `training`, with the token positions
+        of the first answer (`start_positions`, `end_positions`); for evaluation, with the question id and the
+        context offsets that span decoding needs."""
+        if self.is_qa:
+            prepare = prepare_train_features if training else prepare_eval_features
+            window_settings = {"max_length": max_length, "doc_stride": self.doc_stride}
+            window_settings["pad_to_max_length"] = self.pad_to_max_length
+            if not training:  # dev windows also carry answer positions: a dev loss, and Trainer calls the metric
+                window_settings["with_answer_positions"] = True
+            return dataset.map(
+                prepare,
+                batched=True,
+                remove_columns=dataset.column_names,
+                fn_kwargs={"tokenizer": tokenizer, **window_settings},
+                desc="windows" if training else "eval windows",
+            )
 
         def encode(examples: dict) -> dict:
             encoded = tokenizer(
@@ -118,7 +186,8 @@ class FlexTask:
 
     def to_dict(self) -> dict:
         """What the run records about the task (JSON-ready)."""
-        return {
+        qa_settings = ("doc_stride", "n_best_size", "max_answer_length", "pad_to_max_length")
+        return {name: getattr(self, name) for name in qa_settings if self.is_qa} | {
             "name": self.name,
             "kind": self.kind,
             "text_columns": list(self.text_columns),
@@ -141,6 +210,15 @@ def glue_task(task: str) -> FlexTask:
         dev_split=GLUE_DEV_SPLIT[task],
         extra_dev_splits=dict(GLUE_EXTRA_DEV_SPLITS.get(task, {})),
     )
+
+
+def squad_task(name: str = SQUAD_TASK) -> FlexTask:
+    """The `FlexTask` of SQuAD-format extractive QA (the columns of `rajpurkar/squad`)."""
+    return FlexTask(name=name, kind="extractive_qa", text_columns=("question", "context"), label_column="answers")
+
+
+def has_squad_columns(train: Dataset) -> bool:
+    return set(SQUAD_COLUMNS) <= set(train.column_names)
 
 
 def guess_text_columns(train: Dataset, label_column: str) -> tuple[str, ...]:
@@ -169,7 +247,8 @@ def resolve_task(
 
     Args:
         raw: The loaded splits (`train` and the dev split at least).
-        task_name: A GLUE task name (its columns, dev splits and metrics), or `None` to read the task off the data.
+        task_name: A GLUE task name (its columns, dev splits and metrics), `squad`, or `None` to read the task off
+            the data (SQuAD's columns mean extractive QA).
         text_columns: The text column(s); guessed as `run_glue.py` does when not given.
         label_column: The gold-label column.
         is_regression: Force regression (`True`) or classification (`False`); `None` infers it from the label
@@ -178,6 +257,16 @@ def resolve_task(
     if "train" not in raw:
         raise FlexDataError(f"The data has no `train` split (splits: {list(raw)}).")
     train = raw["train"]
+    if task_name == SQUAD_TASK or (task_name is None and has_squad_columns(train)):
+        task = squad_task()
+        for split_name in ("train", task.dev_split):
+            if split_name in raw and not has_squad_columns(raw[split_name]):
+                raise FlexDataError(
+                    f"Extractive QA reads the columns {list(SQUAD_COLUMNS)}; the {split_name} split has "
+                    f"{raw[split_name].column_names}."
+                )
+        check_columns(raw, task)
+        return task
     if task_name is not None:
         task = glue_task(task_name)
         if text_columns:
@@ -239,9 +328,14 @@ def check_splits(task: FlexTask, train: Dataset, dev_splits: dict[str, Dataset])
     for split_name, split in {"train": train, **dev_splits}.items():
         if len(split) == 0:
             raise FlexDataError(f"The {split_name} split is empty.")
+        if task.is_qa:
+            continue
         labels = split[task.label_column]
         if any(label is None for label in labels):
             raise FlexDataError(f"The {split_name} split has examples without a {task.label_column!r} label.")
+    if task.is_qa:
+        check_qa_splits(train, dev_splits)
+        return
     if task.kind == "regression":
         return
     trained = set(train[task.label_column])
@@ -259,6 +353,27 @@ def check_splits(task: FlexTask, train: Dataset, dev_splits: dict[str, Dataset])
             )
 
 
+def check_qa_splits(train: Dataset, dev_splits: dict[str, Dataset]) -> None:
+    """Every dev question has a reference answer (the metric needs one); training questions whose answer is not
+    where `answer_start` says train as "no answer in this window", which is logged with their number."""
+    for split_name, split in dev_splits.items():
+        unanswered = [example_id for example_id, answers in zip(split["id"], split["answers"]) if not answers["text"]]
+        if unanswered:
+            raise FlexDataError(
+                f"{len(unanswered)} question(s) of the {split_name} split have no reference answer (e.g. "
+                f"{unanswered[0]!r}): SQuAD v1.1 scoring needs one."
+            )
+    misplaced = misplaced_answers(train)
+    if misplaced:
+        logger.warning(
+            "%d of %d training questions (e.g. %r) have no answer at their `answer_start` in the context: they train "
+            "as questions without an answer in the window (the CLS position).",
+            len(misplaced),
+            len(train),
+            misplaced[0],
+        )
+
+
 def describe(task: FlexTask, labels: set) -> str:
     """Labels as the user wrote them: raw values, or ClassLabel names for ids."""
     if task.label_to_id is None and task.label_names is not None:
@@ -266,4 +381,4 @@ def describe(task: FlexTask, labels: set) -> str:
     return ", ".join(repr(label) for label in sorted(labels, key=str))
 
 
-__all__ = ["TASK_KINDS", "FlexDataError", "FlexTask", "check_splits", "glue_task", "resolve_task"]
+__all__ = ["TASK_KINDS", "FlexDataError", "FlexTask", "check_splits", "glue_task", "resolve_task", "squad_task"]

@@ -41,8 +41,9 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .data import HUB_GLUE, load_data_files, load_glue, split_train_heldout
 from .importance import compute_importance, rewire
-from .modeling_flexbert import FlexBertForSequenceClassification
-from .tasks import FlexDataError, FlexTask, check_splits, resolve_task
+from .modeling_flexbert import FlexBertForQuestionAnswering, FlexBertForSequenceClassification
+from .squad import DOC_STRIDE, HUB_SQUAD, MAX_ANSWER_LENGTH, N_BEST_SIZE, SquadMetrics, load_squad
+from .tasks import SQUAD_TASK, FlexDataError, FlexTask, check_splits, resolve_task
 from .trainer import FlexTrainer
 from .training_args import PIPELINE_STAGE, FlexTrainingArguments
 from .utils import default_backbone_path
@@ -55,6 +56,7 @@ DISTILLATION_STAGES = ("width", "width_depth")
 RUN_CONFIG_NAME = "run_config.json"
 RESULTS_NAME = "results.json"
 STAGE_RESULTS_NAME = "stage_results.json"
+PREDICTIONS_NAME = "predictions.json"  # extractive QA: each evaluated model's dev answers
 # A checkpoint passed over as incomplete is renamed with this prefix (kept for inspection, never resumed from).
 INCOMPLETE_PREFIX = "incomplete-"
 
@@ -121,13 +123,14 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Which data, and how much of it (transformers' run_glue.py conventions).
+    """Which data, and how much of it (transformers' run_glue.py and run_qa.py conventions).
 
     Args:
         task_name: A GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli): its columns, dev sets and
-            official metrics. Without it the task is read off the data.
-        dataset_name: A Hub dataset (for a GLUE task: where to find it when no local mirror has it, default
-            `nyu-mll/glue`).
+            official metrics; or `squad` (SQuAD v1.1 extractive QA). Without it the task is read off the data:
+            SQuAD's columns (`id`, `question`, `context`, `answers`) mean extractive QA.
+        dataset_name: A Hub dataset (for a GLUE task or `squad`: where to find it when no local mirror has it,
+            default `nyu-mll/glue` / `rajpurkar/squad`).
         dataset_config_name: The configuration of `dataset_name`.
         train_file: Local training data: CSV, JSON lines or parquet (by extension).
         validation_file: Local dev data, evaluated after every stage.
@@ -135,14 +138,20 @@ class DataArguments:
             when present, else the first one or two string columns besides the label).
         label_column_name: The gold-label column: class names, class ids, or float scores (regression).
         is_regression: Treat integer labels as scores (float labels always are).
-        data_dir: Local mirror laid out like `nyu-mll/glue` (default: ../shared/data when present).
-        max_seq_length: Longest tokenized input; longer ones are truncated.
-        max_train_samples: Train on this many examples (a fixed shuffled subset); all when unset.
-        max_eval_samples: Evaluate on this many dev examples; all when unset.
+        data_dir: Local mirror holding `glue/<task>` and `squad` (default: ../shared/data when present).
+        max_seq_length: Longest tokenized input; longer ones are truncated (extractive QA: the window length).
+            Default: 128, or 384 for extractive QA.
+        max_train_samples: Train on this many examples (QA: questions; a fixed shuffled subset); all when unset.
+        max_eval_samples: Evaluate on this many dev examples (QA: questions); all when unset.
         importance_samples: Held-out training examples (never trained on) for importance and grafting.
+        doc_stride: Extractive QA: context tokens shared by consecutive windows of a long context.
+        n_best_size: Extractive QA: start and end candidates per window when decoding answers.
+        max_answer_length: Extractive QA: longest answer, in tokens.
+        pad_to_max_length: Extractive QA: pad every window to `max_seq_length` (run_qa.py's default) instead of
+            each batch to its longest window (the same answers for less compute).
     """
 
-    task_name: str | None = field(default=None, metadata={"help": "GLUE task shortcut."})
+    task_name: str | None = field(default=None, metadata={"help": "GLUE task shortcut, or squad."})
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
     train_file: str | None = field(default=None, metadata={"help": "Training data file (csv, json/jsonl, parquet)."})
@@ -152,11 +161,19 @@ class DataArguments:
     )
     label_column_name: str = field(default="label", metadata={"help": "Gold-label column."})
     is_regression: bool = field(default=False, metadata={"help": "Integer labels are scores (regression)."})
-    data_dir: str | None = field(default=None, metadata={"help": "Local GLUE mirror."})
-    max_seq_length: int = field(default=128, metadata={"help": "Truncation length."})
+    data_dir: str | None = field(default=None, metadata={"help": "Local GLUE/SQuAD mirror."})
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "Truncation (QA: window) length; default 128, QA 384."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Training subset size."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Dev subset size."})
     importance_samples: int = field(default=512, metadata={"help": "Held-out training examples for importance."})
+    doc_stride: int = field(default=DOC_STRIDE, metadata={"help": "QA: context tokens shared by adjacent windows."})
+    n_best_size: int = field(default=N_BEST_SIZE, metadata={"help": "QA: start/end candidates per window."})
+    max_answer_length: int = field(default=MAX_ANSWER_LENGTH, metadata={"help": "QA: longest answer in tokens."})
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "QA: pad every window to max_seq_length (else each batch to its longest)."}
+    )
 
     def text_columns(self) -> tuple[str, ...] | None:
         if self.text_column_names is None:
@@ -276,6 +293,8 @@ def load_raw_data(data_args: DataArguments) -> DatasetDict:
             return load_data_files({"train": data_args.train_file, "validation": data_args.validation_file})
         except (ValueError, FileNotFoundError) as error:  # a missing, empty or unknown-format file
             raise FlexDataError(str(error)) from error
+    if data_args.task_name == SQUAD_TASK:
+        return load_squad(data_args.data_dir, hub_dataset=data_args.dataset_name or HUB_SQUAD)
     if data_args.task_name is not None:
         return load_glue(data_args.task_name, data_args.data_dir, hub_dataset=data_args.dataset_name or HUB_GLUE)
     if data_args.dataset_name is not None:
@@ -284,7 +303,8 @@ def load_raw_data(data_args: DataArguments) -> DatasetDict:
 
 
 def load_task(data_args: DataArguments) -> tuple[FlexTask, DatasetDict]:
-    """The task and its raw splits, checked for the columns the task reads."""
+    """The task and its raw splits, checked for the columns the task reads; an unset `--max_seq_length` becomes the
+    task's default (so the run records the length it used)."""
     raw = load_raw_data(data_args)
     try:
         task = resolve_task(
@@ -301,6 +321,11 @@ def load_task(data_args: DataArguments) -> tuple[FlexTask, DatasetDict]:
     if data_args.train_file:
         # Files hold one dev split, "validation", whatever the task (MNLI's two dev sets are a GLUE mirror's).
         task.dev_split, task.extra_dev_splits = "validation", {}
+    if task.is_qa:
+        for name in ("doc_stride", "n_best_size", "max_answer_length", "pad_to_max_length"):
+            setattr(task, name, getattr(data_args, name))
+    if data_args.max_seq_length is None:
+        data_args.max_seq_length = task.default_max_length
     return task, raw
 
 
@@ -332,10 +357,16 @@ def select_splits(task: FlexTask, raw: DatasetDict, data_args: DataArguments, se
 
 
 def tokenize_splits(splits: dict, task: FlexTask, tokenizer, max_length: int) -> dict:
-    """`select_splits`'s output, tokenized by the task."""
-    tokenized = {name: task.tokenize(splits[name], tokenizer, max_length) for name in ("train", "heldout", "dev")}
-    extra_dev = {prefix: task.tokenize(dev, tokenizer, max_length) for prefix, dev in splits["extra_dev"].items()}
-    return tokenized | {"extra_dev": extra_dev}
+    """`select_splits`'s output, tokenized by the task (dev sets as evaluation features), plus the raw dev examples
+    (`dev_examples`, `extra_dev_examples`) that extractive QA decodes its answers against."""
+    tokenized = {name: task.tokenize(splits[name], tokenizer, max_length) for name in ("train", "heldout")}
+    tokenized["dev"] = task.tokenize(splits["dev"], tokenizer, max_length, training=False)
+    extra_dev = {
+        prefix: task.tokenize(split, tokenizer, max_length, training=False)
+        for prefix, split in splits["extra_dev"].items()
+    }
+    raw_dev = {"dev_examples": splits["dev"], "extra_dev_examples": splits["extra_dev"]}
+    return tokenized | {"extra_dev": extra_dev} | raw_dev
 
 
 def prepare_data(data_args: DataArguments, tokenizer, seed: int) -> tuple[FlexTask, dict]:
@@ -616,19 +647,36 @@ def architecture_overrides(model_args: ModelArguments, names: tuple[str, ...]) -
     return {name: value for name in names if (value := getattr(model_args, name)) is not None}
 
 
-def load_teacher(path: str, num_labels: int | None = None):
-    """A distillation teacher: a fine-tuned checkpoint (a fresh classifier would teach noise)."""
+def teacher_class(path: str, data_args: DataArguments) -> type:
+    """The head class a teacher is loaded with before the data is read: extractive QA for `--task_name squad` or a
+    question-answering checkpoint, else sequence classification."""
+    if data_args.task_name == SQUAD_TASK:
+        return FlexBertForQuestionAnswering
+    architectures = AutoConfig.from_pretrained(path).architectures or []
+    qa = any("QuestionAnswering" in name for name in architectures)
+    return FlexBertForQuestionAnswering if qa else FlexBertForSequenceClassification
+
+
+def load_teacher(path: str, model_class: type = FlexBertForSequenceClassification, num_labels: int | None = None):
+    """A distillation teacher: a fine-tuned checkpoint with a trained head of `model_class` (a fresh head would teach
+    noise)."""
+    head = "qa_outputs." if model_class is FlexBertForQuestionAnswering else "classifier."
     labels = {} if num_labels is None else {"num_labels": num_labels}
-    teacher, loading = FlexBertForSequenceClassification.from_pretrained(path, output_loading_info=True, **labels)
-    if any(key.startswith("classifier.") for key in loading["missing_keys"]):
+    teacher, loading = model_class.from_pretrained(path, output_loading_info=True, **labels)
+    if any(key.startswith(head) for key in loading["missing_keys"]):
         raise SystemExit(
-            f"The teacher {path!r} has no trained classifier: pass a fine-tuned one with --teacher_name_or_path "
+            f"The teacher {path!r} has no trained {head[:-1]} head: pass a fine-tuned one with --teacher_name_or_path "
             "(e.g. the output of --flex_stage teacher), or run the whole pipeline with --flex_stage all."
         )
     return teacher
 
 
 def check_teacher_labels(teacher, task: FlexTask, path: str) -> None:
+    if not isinstance(teacher, task.model_class):
+        raise SystemExit(
+            f"The teacher {path!r} is a {type(teacher).__name__} but the task {task.name!r} needs a "
+            f"{task.model_class.__name__}."
+        )
     if teacher.config.num_labels != task.num_labels:
         raise SystemExit(
             f"The teacher {path!r} has {teacher.config.num_labels} outputs but the task {task.name!r} needs "
@@ -649,16 +697,36 @@ def make_trainer(stage_args: FlexTrainingArguments, model, teacher, data: dict, 
         train_dataset=data["train"],
         eval_dataset=data["dev"],
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=task.compute_metrics(),
+        compute_metrics=task.compute_metrics(data.get("dev_examples"), data["dev"]),
     )
 
 
 def evaluate(trainer: FlexTrainer, data: dict) -> dict:
-    """The stage's metrics on the dev set and on any further dev sets (MNLI mismatched)."""
+    """The stage's metrics on the dev set and on any further dev sets (MNLI mismatched). Extractive QA also writes
+    each evaluated model's answers (see `write_predictions`)."""
+    answers = trainer.compute_metrics if isinstance(trainer.compute_metrics, SquadMetrics) else None
+    if answers is not None:
+        answers.predictions.clear()  # those of evaluations during training
     metrics = trainer.evaluate()
+    if answers is not None:
+        write_predictions(Path(trainer.args.output_dir), trainer.eval_subnets(), answers.predictions)
     for prefix, dev in data["extra_dev"].items():
         metrics |= trainer.evaluate(dev, metric_key_prefix=prefix)
     return metrics
+
+
+def write_predictions(folder: Path, subnets: list[tuple[float, float]], predictions: list[dict[str, str]]) -> None:
+    """`predictions.json` (`{question id: answer text}`, what the official SQuAD script scores) of the full model
+    and, when a stage evaluates several sub-networks, `predictions/w<width>_d<depth>.json` of each, in `folder`."""
+    if len(subnets) != len(predictions):
+        raise RuntimeError(f"{len(predictions)} sets of answers for {len(subnets)} evaluated sub-networks.")
+    folder.mkdir(parents=True, exist_ok=True)
+    for (width, depth), answers in zip(subnets, predictions):
+        if (width, depth) == (1.0, 1.0):
+            write_json(folder / PREDICTIONS_NAME, answers)
+        if len(subnets) > 1:
+            (folder / "predictions").mkdir(exist_ok=True)
+            write_json(folder / "predictions" / f"w{width}_d{depth}.json", answers)
 
 
 def train_stage(stage_args: FlexTrainingArguments, model, teacher, data: dict, tokenizer, task: FlexTask) -> dict:
@@ -818,8 +886,8 @@ class FlexPipeline:
             "task": self.task.name,
             "task_kind": self.task.kind,
             "backbone": self.start,
-            "train_examples": len(self.data["train"]),
-            "dev_examples": len(self.data["dev"]),
+            "train_examples": len(self.data["train"]),  # QA: windows
+            "dev_examples": len(self.data["dev_examples"]),
             "stages": stages,
         }
         write_json(self.output_dir / RESULTS_NAME, results)
@@ -844,10 +912,13 @@ def run(model_args, data_args, pipeline_args, training_args: FlexTrainingArgumen
     # A distillation stage's teacher is checked before any data work: a missing head is the commonest mistake.
     # The pipeline's first stage is taught by (or rewires) its input; a single stage has its own teacher.
     teacher_path = start if pipeline else model_args.teacher_name_or_path or start
-    teacher = load_teacher(teacher_path) if stages[0] in (*DISTILLATION_STAGES, "rewire") else None
+    needs_teacher = stages[0] in (*DISTILLATION_STAGES, "rewire")
+    teacher = load_teacher(teacher_path, teacher_class(teacher_path, data_args)) if needs_teacher else None
     task, raw = load_task(data_args)
     if teacher is not None:
         check_teacher_labels(teacher, task, teacher_path)
+    if task.is_qa and (set(stages) & {"ramps", "gates"} or model_args.exit_layers or model_args.gate_block_size):
+        raise SystemExit("Extractive QA has no off-ramps or width gates yet: leave out the ramps and gates stages.")
     if pipeline:
         stopped_early = pipeline_args.last_stage is not None
         check_dynamic_flags(stages, model_args, AutoConfig.from_pretrained(start), stopped_early)
@@ -872,7 +943,7 @@ def run_single_stage(task, data, tokenizer, start, teacher, model_args, training
     set_seed(training_args.seed)
     model = load_model(start, task, architecture_overrides(model_args, names), model_args.copy_head_to_new_ramps)
     if training_args.flex_stage in DISTILLATION_STAGES and teacher is None:
-        teacher = load_teacher(model_args.teacher_name_or_path or start, task.num_labels)
+        teacher = load_teacher(model_args.teacher_name_or_path or start, task.model_class, task.num_labels)
     summary = train_stage(training_args, model, teacher, data, tokenizer, task)
     print(json.dumps(summary["metrics"], indent=2))
     return summary
