@@ -104,6 +104,8 @@ class ModelArguments:
         copy_head_to_new_ramps: New off-ramps start as copies of the final head (Flexible BERT), else randomly
             initialised (DeeBERT).
         gate_block_size: Width gates: one per block of this many layers (the gates stage; 0: none).
+        config_overrides: Config fields the first stage changes, in run_clm.py's format (`a=1,b=0.0,c=true`), e.g.
+            `attention_probs_dropout_prob=0.0`; later stages keep them.
     """
 
     model_name_or_path: str | None = field(
@@ -119,6 +121,9 @@ class ModelArguments:
         default=True, metadata={"help": "New off-ramps start as copies of the final head (else random init)."}
     )
     gate_block_size: int | None = field(default=None, metadata={"help": "Layers per width gate (0: no gates)."})
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "Config fields of the first stage, e.g. attention_probs_dropout_prob=0.0."}
+    )
 
 
 @dataclass
@@ -438,6 +443,7 @@ def build_run_config(task: FlexTask, stages: tuple[str, ...], start: str, args: 
     """The record of a run: task, data, model, shared training settings, and each stage's own settings."""
     model_args, data_args, pipeline_args, training_args = args
     model = {"model_name_or_path": start, "depth_rule": model_args.depth_rule}
+    model["config_overrides"] = model_args.config_overrides
     if training_args.flex_stage != PIPELINE_STAGE:  # a single stage applies every architecture flag to its model
         model = {f.name: getattr(model_args, f.name) for f in dataclasses.fields(model_args)} | model
     for name in ("model_name_or_path", "teacher_name_or_path"):
@@ -647,6 +653,19 @@ def architecture_overrides(model_args: ModelArguments, names: tuple[str, ...]) -
     return {name: value for name in names if (value := getattr(model_args, name)) is not None}
 
 
+def config_overrides(model_args: ModelArguments, path: str) -> dict:
+    """`--config_overrides` as typed config fields (each parsed by the type of the checkpoint's own value)."""
+    if not model_args.config_overrides:
+        return {}
+    config = AutoConfig.from_pretrained(path)
+    try:
+        config.update_from_string(model_args.config_overrides)
+    except ValueError as error:  # an unknown field or a value of the wrong type
+        raise SystemExit(f"--config_overrides {model_args.config_overrides!r}: {error}") from error
+    names = [pair.split("=")[0] for pair in model_args.config_overrides.split(",")]
+    return {name: getattr(config, name) for name in names}
+
+
 def teacher_class(path: str, data_args: DataArguments) -> type:
     """The head class a teacher is loaded with before the data is read: extractive QA for `--task_name squad` or a
     question-answering checkpoint, else sequence classification."""
@@ -798,6 +817,8 @@ class FlexPipeline:
         if source == self.start:
             names += ("depth_rule",)  # the first stage sets the depth rule every later one keeps
         overrides = architecture_overrides(self.model_args, names)
+        if source == self.start:
+            overrides |= config_overrides(self.model_args, source)
         return load_model(source, self.task, overrides, self.model_args.copy_head_to_new_ramps)
 
     def heldout_loader(self) -> DataLoader:
@@ -941,7 +962,8 @@ def run_single_stage(task, data, tokenizer, start, teacher, model_args, training
     """`--flex_stage <stage>`: the checkpoint, with every architecture flag given, trained into `--output_dir`."""
     names = ("depth_rule", "exit_layers", "ramp_type", "gate_block_size")
     set_seed(training_args.seed)
-    model = load_model(start, task, architecture_overrides(model_args, names), model_args.copy_head_to_new_ramps)
+    overrides = architecture_overrides(model_args, names) | config_overrides(model_args, start)
+    model = load_model(start, task, overrides, model_args.copy_head_to_new_ramps)
     if training_args.flex_stage in DISTILLATION_STAGES and teacher is None:
         teacher = load_teacher(model_args.teacher_name_or_path or start, task.model_class, task.num_labels)
     summary = train_stage(training_args, model, teacher, data, tokenizer, task)
