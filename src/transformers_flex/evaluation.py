@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from .flops import paper_flops, subnet_flops
 from .metrics import accuracy
 from .modeling_flexbert import FlexBertPreTrainedModel
+from .squad import postprocess_predictions, squad_metrics, squad_references
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -61,6 +62,69 @@ def evaluate_subnets(
             }
         )
     model.train(was_training)
+    return rows
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@torch.inference_mode()
+def predict_spans(
+    model: FlexBertPreTrainedModel, features, collate: Callable[[list], Batch], batch_size: int = 64, **subnet
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Start and end logits of every QA window of `features` (each trimmed to its real length), in the features'
+    order; windows run in length-sorted batches so that each batch pads little. `subnet`: `width=`, `depth=`."""
+    columns = {key: features[key] for key in MODEL_INPUTS if key in features.column_names}  # read once, not per row
+    order = sorted(range(len(features)), key=lambda i: sum(columns["attention_mask"][i]))
+    starts: list[torch.Tensor | None] = [None] * len(features)
+    ends: list[torch.Tensor | None] = [None] * len(features)
+    for first in range(0, len(order), batch_size):
+        rows = order[first : first + batch_size]
+        batch = collate([{key: values[i] for key, values in columns.items()} for i in rows])
+        inputs = {key: value.to(model.device) for key, value in batch.items()}
+        output = model(**inputs, **subnet, dynamic=False)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        for row, length, start, end in zip(
+            rows, lengths, output.start_logits.float().cpu(), output.end_logits.float().cpu()
+        ):
+            starts[row], ends[row] = start[:length], end[:length]
+    return starts, ends
+
+
+def evaluate_qa_subnets(
+    model: FlexBertPreTrainedModel,
+    examples,
+    features,
+    collate: Callable[[list], Batch],
+    subnets: list[tuple[float, float]],
+    batch_size: int = 64,
+    show_progress: bool = True,
+) -> list[dict]:
+    """Official SQuAD v1.1 exact match and F1 of each (width, depth) sub-network of an extractive QA model on the
+    eval `features` (windows) of `examples`, with FLOPs per question: the sum over its windows at their real
+    lengths (`mean_flops`), and the papers' figure per window (`paper_flops`). Rows also carry the answers."""
+    references = squad_references(examples)
+    lengths = [sum(mask) for mask in features["attention_mask"]]
+    windows_of: dict[str, list[int]] = {}
+    for row, example_id in enumerate(features["example_id"]):
+        windows_of.setdefault(example_id, []).append(row)
+    rows = []
+    model.eval()
+    for width, depth in tqdm(subnets, desc="evaluate QA subnets", disable=not show_progress):
+        starts, ends = predict_spans(model, features, collate, batch_size, width=width, depth=depth)
+        answers = postprocess_predictions(examples, features, starts, ends)
+        window_flops = {n: subnet_flops(model.config, width, depth, n, "question_answering") for n in set(lengths)}
+        question_flops = [sum(window_flops[lengths[row]] for row in windows) for windows in windows_of.values()]
+        rows.append(
+            {
+                "width": width,
+                "depth": depth,
+                **squad_metrics(answers, references),
+                "mean_flops": statistics.fmean(question_flops),
+                "paper_flops": paper_flops(model.config, width, depth, "question_answering"),
+                "answers": answers,
+            }
+        )
     return rows
 
 
@@ -123,10 +187,12 @@ def subnet_latencies(
 
 __all__ = [
     "dynamic_predict",
+    "evaluate_qa_subnets",
     "evaluate_subnets",
     "interleaved_medians",
     "length_bucketed_batches",
     "predict",
+    "predict_spans",
     "subnet_grid",
     "subnet_latencies",
 ]
