@@ -60,15 +60,17 @@ def data_dir():
 
 
 def pad_collate(features: list[dict]) -> dict[str, torch.Tensor]:
-    """Pad token ids with 0 to the longest example of the batch (a tokenizer-free DataCollatorWithPadding)."""
+    """Pad token ids with 0 to the longest example of the batch (a tokenizer-free DataCollatorWithPadding); every
+    other field is a per-example target, stacked."""
     length = max(len(f["input_ids"]) for f in features)
     input_ids = torch.zeros(len(features), length, dtype=torch.long)
     attention_mask = torch.zeros(len(features), length, dtype=torch.long)
     for row, feature in enumerate(features):
         input_ids[row, : len(feature["input_ids"])] = torch.tensor(feature["input_ids"])
         attention_mask[row, : len(feature["input_ids"])] = 1
-    labels = torch.tensor([f["labels"] for f in features])
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    # The targets: `labels`, or a QA window's `start_positions` and `end_positions`.
+    targets = {key: torch.tensor([f[key] for f in features]) for key in features[0] if key != "input_ids"}
+    return {"input_ids": input_ids, "attention_mask": attention_mask, **targets}
 
 
 def random_classification_dataset(num_examples: int, num_labels: int = 3, seed: int = 0):

@@ -430,6 +430,55 @@ def test_teacher_stage_is_plain_fine_tuning(tiny_config, tmp_path):
         torch.testing.assert_close(value, bert_state[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def random_qa_dataset(num_examples: int, length: int = 12, seed: int = 0):
+    """Random token windows with answer spans inside them (`start_positions` <= `end_positions`)."""
+    from datasets import Dataset
+
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(1, length - 3, (num_examples,), generator=generator)
+    rows = {
+        "input_ids": torch.randint(1, 99, (num_examples, length), generator=generator).tolist(),
+        "start_positions": starts.tolist(),
+        "end_positions": (starts + torch.randint(0, 3, (num_examples,), generator=generator)).tolist(),
+    }
+    return Dataset.from_dict(rows)
+
+
+def test_qa_teacher_stage_is_plain_fine_tuning(tiny_config, tmp_path):
+    """Stage 0 of extractive QA through FlexTrainer == the plain Trainer on vanilla BertForQuestionAnswering."""
+    from transformers import BertConfig, BertForQuestionAnswering, TrainingArguments
+
+    from transformers_flex import FlexBertForQuestionAnswering
+    from transformers_flex.export import FLEX_ONLY_FIELDS
+
+    tiny_config.num_labels = 2
+    torch.manual_seed(0)
+    flex = FlexBertForQuestionAnswering(tiny_config)
+    bert = BertForQuestionAnswering(
+        BertConfig(**{k: v for k, v in tiny_config.to_dict().items() if k not in FLEX_ONLY_FIELDS})
+    )
+    bert.load_state_dict(flex.state_dict())
+    data = random_qa_dataset(24)
+    common = dict(
+        per_device_train_batch_size=8, learning_rate=1e-3, max_steps=3, report_to="none", use_cpu=True, seed=7
+    )
+    FlexTrainer(
+        model=flex,
+        args=FlexTrainingArguments(output_dir=str(tmp_path / "flex"), flex_stage="teacher", **common),
+        train_dataset=data,
+        data_collator=pad_collate,
+    ).train()
+    Trainer(
+        model=bert,
+        args=TrainingArguments(output_dir=str(tmp_path / "bert"), **common),
+        train_dataset=data,
+        data_collator=pad_collate,
+    ).train()
+    bert_state = bert.state_dict()
+    for name, value in flex.state_dict().items():
+        torch.testing.assert_close(value, bert_state[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize(
     ("mode", "backbone_learns"),
     [("two_stage", False), ("self_distill", False), ("weighted", True), ("shared_exit", True)],

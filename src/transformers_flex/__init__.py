@@ -1,7 +1,7 @@
 """transformers-flex: one BERT checkpoint, every width and depth sub-network (DynaBERT / Flexible BERT).
 
 Importing the package registers `flexbert` with the Auto classes, so `AutoModel*.from_pretrained` on a FlexBert
-checkpoint works without `trust_remote_code`.
+checkpoint works without `trust_remote_code`, and the `flex-question-answering` pipeline task.
 """
 
 from transformers import (
@@ -10,9 +10,11 @@ from transformers import (
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_flexbert import FlexBertConfig
 from .export import to_bert
+from .flexbert_qa import PIPELINE_TASK, FlexBertQuestionAnsweringPipeline
 from .flops import paper_flops, subnet_flops, subnet_num_parameters
 from .importance import Importance, compute_importance, graft, rewire
 from .modeling_flexbert import (
@@ -31,6 +33,11 @@ AutoConfig.register(FlexBertConfig.model_type, FlexBertConfig, exist_ok=True)
 AutoModel.register(FlexBertConfig, FlexBertModel, exist_ok=True)
 AutoModelForSequenceClassification.register(FlexBertConfig, FlexBertForSequenceClassification, exist_ok=True)
 AutoModelForQuestionAnswering.register(FlexBertConfig, FlexBertForQuestionAnswering, exist_ok=True)
+
+# transformers 5.24 has no question-answering pipeline and refuses that task name: ours has a name of its own.
+PIPELINE_REGISTRY.register_pipeline(
+    PIPELINE_TASK, pipeline_class=FlexBertQuestionAnsweringPipeline, pt_model=AutoModelForQuestionAnswering
+)
 
 # Saving copies the portable code files into the checkpoint, so users without this package can load it.
 FlexBertConfig.register_for_auto_class()
@@ -55,4 +62,5 @@ __all__ = [
     "FlexBertForSequenceClassification",
     "FlexBertModel",
     "FlexBertPreTrainedModel",
+    "FlexBertQuestionAnsweringPipeline",
 ]

@@ -492,6 +492,21 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
         self.width_gates = nn.ModuleDict()  # none yet: the engine runs every window at the sub-network's widths
         self.post_init()
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the question-answering pipeline: its code file (`flexbert_qa.py`)
+        goes into the checkpoint and the config names it in `custom_pipelines`, so that
+        `pipeline("flex-question-answering", model=<checkpoint>, trust_remote_code=True)` works without this
+        package."""
+        from transformers.dynamic_module_utils import custom_object_save
+
+        from .flexbert_qa import CUSTOM_PIPELINES, FlexBertQuestionAnsweringPipeline
+
+        self.config.custom_pipelines = {**getattr(self.config, "custom_pipelines", {}), **CUSTOM_PIPELINES}
+        output = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            custom_object_save(FlexBertQuestionAnsweringPipeline, save_directory)
+        return output
+
     # --- the dynamic engine's hooks (flexbert_engine.py) -------------------------------------------------------
 
     def answer_layers(self, active_layers: list[int]) -> list[int]:

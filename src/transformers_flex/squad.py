@@ -1,6 +1,7 @@
 """Extractive question answering on SQuAD v1.1: windowed pre-processing, span post-processing, and the official
 exact-match and F1 metrics, all offline.
 
+Windowing and span decoding live in the portable `flexbert_qa.py` (QA checkpoints carry them for their pipeline).
 Pre-processing splits each (question, context) pair into overlapping windows of `max_length` tokens, consecutive
 windows sharing `doc_stride` context tokens; the question is repeated in every window. Train features carry the
 token positions of the first gold answer (the CLS position when the answer is not fully inside the window); eval
@@ -23,7 +24,6 @@ Columns follow the Hub's `rajpurkar/squad`: `id`, `title`, `context`, `question`
 
 import re
 import string
-from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,16 +33,25 @@ import numpy as np
 from datasets import DatasetDict, load_dataset
 from transformers import BatchEncoding, EvalPrediction, PreTrainedTokenizerBase
 
+from .flexbert_qa import (
+    DOC_STRIDE,
+    MAX_ANSWER_LENGTH,
+    MAX_QUESTION_LENGTH,
+    MAX_SEQ_LENGTH,
+    N_BEST_SIZE,
+    Columns,
+    answer_token_span,
+    context_sequence_index,
+    context_token_range,
+    question_token_budget,
+    rank_spans,
+    tokenize_windows,
+    truncate_questions,
+    window_candidates,
+)
 from .utils import default_data_dir
 
 HUB_SQUAD = "rajpurkar/squad"
-MAX_SEQ_LENGTH = 384  # the defaults of transformers' run_qa.py
-DOC_STRIDE = 128
-MAX_QUESTION_LENGTH = 64  # Google BERT's max_query_length; no SQuAD v1.1 question is longer in WordPiece tokens
-N_BEST_SIZE = 20
-MAX_ANSWER_LENGTH = 30
-
-Columns = Mapping[str, Sequence[Any]]  # a batch of rows as columns: a `datasets` batch, a Dataset, or a dict
 
 
 def load_squad(data_dir: str | Path | None = None, hub_dataset: str = HUB_SQUAD) -> DatasetDict:
@@ -59,106 +68,12 @@ def load_squad(data_dir: str | Path | None = None, hub_dataset: str = HUB_SQUAD)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _check_texts(examples: Columns, fields: Sequence[str]) -> None:
-    """Raise a clear TypeError when a text field holds something other than strings (the tokenizer's own error
-    names neither the field nor the row)."""
-    for field in fields:
-        for row, value in enumerate(examples[field]):
-            if not isinstance(value, str):
-                raise TypeError(f"SQuAD field {field!r} must hold strings; row {row} is {type(value).__name__}")
-
-
-def question_token_budget(max_length: int, doc_stride: int, max_question_length: int = MAX_QUESTION_LENGTH) -> int:
-    """The most question tokens a window may hold: `max_question_length`, and few enough that every window keeps
-    more than `doc_stride` context tokens (the tokenizer refuses a stride as long as the window's context)."""
-    # 3 special tokens ([CLS] question [SEP] context [SEP]) and doc_stride + 1 context tokens must fit.
-    budget = min(max_question_length, max_length - doc_stride - 4)
-    if budget < 1:
-        raise ValueError(f"max_length={max_length} leaves no room for a question with doc_stride={doc_stride}")
-    return budget
-
-
-def truncate_questions(questions: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[str]:
-    """Questions without leading whitespace, each cut after its `max_tokens`-th token (at a token's last character,
-    so re-tokenising the cut text gives the same tokens)."""
-    questions = [question.lstrip() for question in questions]  # as run_qa.py: leading spaces waste window room
-    encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
-    cut = []
-    for question, offsets in zip(questions, encoded["offset_mapping"]):
-        # Keep the question whole when it fits, else up to the end character of its last allowed token.
-        cut.append(question if len(offsets) <= max_tokens else question[: offsets[max_tokens - 1][1]])
-    return cut
-
-
-def _context_index(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Which sequence of the pair is the context: the second when padding is on the right (BERT), else the first,
-    so that truncation and padding both happen at the context's far end (as run_qa.py does)."""
-    return 1 if tokenizer.padding_side == "right" else 0
-
-
-def tokenize_windows(
-    examples: Columns,
-    tokenizer: PreTrainedTokenizerBase,
-    max_length: int = MAX_SEQ_LENGTH,
-    doc_stride: int = DOC_STRIDE,
-    max_question_length: int = MAX_QUESTION_LENGTH,
-    pad_to_max_length: bool = True,
-) -> BatchEncoding:
-    """Tokenise (question, context) pairs into windows of at most `max_length` tokens that overlap by `doc_stride`
-    context tokens, padded to `max_length` when `pad_to_max_length` (else a collator pads each batch to its
-    longest window); the result keeps `overflow_to_sample_mapping` (window -> example row) and `offset_mapping`."""
-    _check_texts(examples, ("question", "context"))
-    budget = question_token_budget(max_length, doc_stride, max_question_length)
-    questions = truncate_questions(list(examples["question"]), tokenizer, budget)
-    contexts = list(examples["context"])
-    # The context is the sequence that gets truncated and windowed; its place in the pair follows the padding side.
-    pair = (questions, contexts) if _context_index(tokenizer) == 1 else (contexts, questions)
-    return tokenizer(
-        *pair,
-        truncation="only_second" if _context_index(tokenizer) == 1 else "only_first",
-        max_length=max_length,
-        stride=doc_stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        padding="max_length" if pad_to_max_length else False,
-    )
-
-
-def context_token_range(sequence_ids: Sequence[int | None], context_index: int) -> tuple[int, int] | None:
-    """First and last token positions of the context in one window, or None when the window holds no context."""
-    positions = [i for i, sequence in enumerate(sequence_ids) if sequence == context_index]
-    return (positions[0], positions[-1]) if positions else None
-
-
-def answer_token_span(
-    offsets: Sequence[tuple[int, int]],
-    context_range: tuple[int, int] | None,
-    start_char: int,
-    end_char: int,
-) -> tuple[int, int] | None:
-    """Token positions (start, end) of the characters [start_char, end_char) in one window, or None when the
-    answer is not wholly inside the window's context.
-
-    The start token is the last context token that starts at or before `start_char`, the end token the first
-    that ends at or after `end_char` (the tokens that contain the answer's first and last characters)."""
-    if context_range is None:
-        return None
-    first, last = context_range
-    if start_char < offsets[first][0] or end_char > offsets[last][1]:
-        return None  # the answer begins before or ends after this window's part of the context
-    starts = [offsets[i][0] for i in range(first, last + 1)]  # non-decreasing along the context
-    ends = [offsets[i][1] for i in range(first, last + 1)]
-    start = first + bisect_right(starts, start_char) - 1
-    end = first + bisect_left(ends, end_char)
-    return (start, end) if end >= start else None  # end < start only for an answer that is pure whitespace
-
-
 def answer_positions(
     encoded: BatchEncoding, all_answers: Sequence[Mapping[str, Sequence]], tokenizer: PreTrainedTokenizerBase
 ) -> tuple[list[int], list[int]]:
     """Token positions (start, end) of every window's first gold answer, both the CLS position (0 for BERT) when that
     answer is not wholly inside the window or the example has none; `all_answers` are the examples' `answers`."""
-    context_index = _context_index(tokenizer)
+    context_index = context_sequence_index(tokenizer)
     start_positions, end_positions = [], []
     for window, offsets in enumerate(encoded["offset_mapping"]):
         cls_position = encoded["input_ids"][window].index(tokenizer.cls_token_id)
@@ -207,7 +122,7 @@ def prepare_eval_features(
     the first answer's `start_positions` / `end_positions`, so `Trainer` reports a dev loss (and, having labels,
     calls `compute_metrics`)."""
     encoded = tokenize_windows(examples, tokenizer, max_length, doc_stride, max_question_length, pad_to_max_length)
-    context_index = _context_index(tokenizer)
+    context_index = context_sequence_index(tokenizer)
     ids = list(examples["id"])  # a list: indexing a Dataset column row by row is slow
     example_ids, offset_mapping = [], []
     for window, offsets in enumerate(encoded["offset_mapping"]):
@@ -224,46 +139,6 @@ def prepare_eval_features(
 # ----------------------------------------------------------------------------------------------------------------
 # Post-processing
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def window_candidates(
-    start_logits: np.ndarray,
-    end_logits: np.ndarray,
-    offsets: Sequence[Sequence[int] | None],
-    n_best_size: int = N_BEST_SIZE,
-    max_answer_length: int = MAX_ANSWER_LENGTH,
-) -> list[dict[str, Any]]:
-    """The valid spans among the pairs of the window's `n_best_size` best start and end tokens, each as a dict
-    with `score` (start + end logit), `start_logit`, `end_logit`, `start_char` and `end_char`.
-
-    As run_qa.py, the best tokens are chosen among all positions before spans outside the context are dropped."""
-    length = min(len(offsets), len(start_logits))  # logits may be padded beyond the window (Trainer pads with -100)
-    start_logits = np.asarray(start_logits[:length], dtype=np.float64)
-    end_logits = np.asarray(end_logits[:length], dtype=np.float64)
-    in_context = np.array([o is not None and len(o) == 2 for o in offsets[:length]], dtype=bool)
-    top_starts = np.argsort(-start_logits, kind="stable")[:n_best_size]  # highest logits first
-    top_ends = np.argsort(-end_logits, kind="stable")[:n_best_size]
-    starts, ends = np.meshgrid(top_starts, top_ends, indexing="ij")  # every (start, end) pair of the two lists
-    span_length = ends - starts + 1
-    valid = in_context[starts] & in_context[ends] & (span_length >= 1) & (span_length <= max_answer_length)
-    candidates = []
-    for start, end in zip(starts[valid], ends[valid]):
-        candidates.append(
-            {
-                "score": float(start_logits[start] + end_logits[end]),
-                "start_logit": float(start_logits[start]),
-                "end_logit": float(end_logits[end]),
-                "start_char": int(offsets[start][0]),
-                "end_char": int(offsets[end][1]),
-            }
-        )
-    return candidates
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    """Probabilities from scores, shifted by their maximum so exp never overflows."""
-    exp = np.exp(scores - scores.max())
-    return exp / exp.sum()
 
 
 def nbest_predictions(
@@ -290,13 +165,7 @@ def nbest_predictions(
             candidates += window_candidates(
                 start_logits[row], end_logits[row], offset_mapping[row], n_best_size, max_answer_length
             )
-        candidates = sorted(candidates, key=lambda c: c["score"], reverse=True)[:n_best_size]
-        if candidates:
-            probabilities = _softmax(np.array([c["score"] for c in candidates]))
-            for candidate, probability in zip(candidates, probabilities):
-                candidate["text"] = context[candidate["start_char"] : candidate["end_char"]]
-                candidate["probability"] = float(probability)
-        predictions[example_id] = candidates
+        predictions[example_id] = rank_spans(candidates, context, n_best_size)
     return predictions
 
 
