@@ -148,8 +148,8 @@ def test_bad_qa_data_is_refused_before_any_training(squad_files, tmp_path):
     result = run_train(*files, "--validation_file", unanswered)
     assert result.returncode != 0 and "no reference answer" in result.stderr
     assert not (output_dir / "teacher").exists()
-    refused = run_train(*files, "--validation_file", squad_files["dev"], "--exit_layers", "2")
-    assert refused.returncode != 0 and "no off-ramps" in refused.stderr
+    refused = run_train(*files, "--validation_file", squad_files["dev"], "--gate_block_size", "2")
+    assert refused.returncode != 0 and "no width gates" in refused.stderr
 
 
 def test_misplaced_training_answers_are_counted(squad_files, caplog):
@@ -163,3 +163,26 @@ def test_misplaced_training_answers_are_counted(squad_files, caplog):
     empty = dev_examples(squad_files).select([])
     with pytest.raises(FlexDataError, match="empty"):
         check_splits(squad_task(), train, {"validation": empty})
+
+
+def test_dynamic_qa_evaluation_matches_the_static_sub_networks_at_its_extremes(qa_run, squad_files):
+    """With prefix depth and off-ramps copied from the final head, the engine at threshold 0 is the full model, and
+    with every window exiting at the first ramp (layer 3 of 6) it is the (width 1.0, depth 0.5) sub-network."""
+    from transformers_flex.evaluation import evaluate_qa_dynamic
+
+    model = FlexBertForQuestionAnswering.from_pretrained(qa_run / "width_depth", exit_layers=[3, 5])
+    model.copy_head_to_off_ramps()
+    tokenizer = AutoTokenizer.from_pretrained(qa_run / "width_depth")
+    task = squad_task()
+    task.doc_stride = 32
+    examples = dev_examples(squad_files)
+    features = task.tokenize(examples, tokenizer, 96, training=False)
+    collate = DataCollatorWithPadding(tokenizer)
+    static = evaluate_qa_subnets(model, examples, features, collate, [(1.0, 1.0), (1.0, 0.5)], batch_size=7)
+    never = evaluate_qa_dynamic(model, examples, features, collate, batch_size=7, criterion="entropy", threshold=0.0)
+    always = evaluate_qa_dynamic(model, examples, features, collate, batch_size=7, criterion="entropy", threshold=1e9)
+    assert never["mean_exit_layer"] == 6 and always["mean_exit_layer"] == 3
+    for dynamic, subnet in ((never, static[0]), (always, static[1])):
+        assert dynamic["answers"] == subnet["answers"]
+        assert dynamic["f1"] == pytest.approx(subnet["f1"])
+    assert always["mean_flops"] < never["mean_flops"]

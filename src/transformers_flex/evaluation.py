@@ -128,6 +128,62 @@ def evaluate_qa_subnets(
     return rows
 
 
+def question_batches(features, batch_size: int) -> list[list[int]]:
+    """Rows of `features` in batches of about `batch_size` windows that never split a question's windows (they exit
+    together), questions ordered by their longest window so each batch pads little."""
+    lengths = [sum(mask) for mask in features["attention_mask"]]
+    windows_of: dict[str, list[int]] = {}
+    for row, example_id in enumerate(features["example_id"]):
+        windows_of.setdefault(example_id, []).append(row)
+    questions = sorted(windows_of.values(), key=lambda rows: max(lengths[row] for row in rows))
+    batches, current = [], []
+    for rows in questions:
+        if current and len(current) + len(rows) > batch_size:
+            batches.append(current)
+            current = []
+        current += rows
+    return batches + ([current] if current else [])
+
+
+@torch.inference_mode()
+def evaluate_qa_dynamic(
+    model: FlexBertPreTrainedModel,
+    examples,
+    features,
+    collate: Callable[[list], Batch],
+    batch_size: int = 64,
+    **engine,
+) -> dict:
+    """Official SQuAD v1.1 exact match and F1 of a QA model's dynamic engine (`engine`: `criterion`, `threshold`,
+    `width`, ...), the windows of each question exiting together (`exit_groups`), with the mean FLOPs per question
+    (its windows' FLOPs as the engine counted them), the mean exit layer of the windows, and the answers."""
+    columns = {key: features[key] for key in MODEL_INPUTS if key in features.column_names}  # read once, not per row
+    question_of = {example_id: index for index, example_id in enumerate(dict.fromkeys(features["example_id"]))}
+    groups = [question_of[example_id] for example_id in features["example_id"]]
+    starts, ends = [None] * len(features), [None] * len(features)
+    flops, exit_layers = [0.0] * len(features), [0] * len(features)
+    model.eval()
+    for rows in question_batches(features, batch_size):
+        batch = collate([{key: values[i] for key, values in columns.items()} for i in rows])
+        inputs = {key: value.to(model.device) for key, value in batch.items()}
+        output = model.dynamic_forward(**inputs, exit_groups=torch.tensor([groups[i] for i in rows]), **engine)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        for position, (row, length) in enumerate(zip(rows, lengths)):
+            starts[row] = output.start_logits[position, :length].float().cpu()
+            ends[row] = output.end_logits[position, :length].float().cpu()
+            flops[row], exit_layers[row] = float(output.flops[position]), int(output.exit_layers[position])
+    answers = postprocess_predictions(examples, features, starts, ends)
+    question_flops = [0.0] * len(question_of)
+    for row, group in enumerate(groups):
+        question_flops[group] += flops[row]
+    return {
+        **squad_metrics(answers, squad_references(examples)),
+        "mean_flops": statistics.fmean(question_flops),
+        "mean_exit_layer": statistics.fmean(exit_layers),
+        "answers": answers,
+    }
+
+
 def length_bucketed_batches(dataset, collate: Callable[[list], Batch], batch_size: int) -> list[Batch]:
     """The dataset's examples sorted by length and cut into batches, so each batch pads little (length bucketing)."""
     order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
@@ -187,12 +243,14 @@ def subnet_latencies(
 
 __all__ = [
     "dynamic_predict",
+    "evaluate_qa_dynamic",
     "evaluate_qa_subnets",
     "evaluate_subnets",
     "interleaved_medians",
     "length_bucketed_batches",
     "predict",
     "predict_spans",
+    "question_batches",
     "subnet_grid",
     "subnet_latencies",
 ]

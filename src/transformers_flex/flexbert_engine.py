@@ -99,8 +99,9 @@ class FlexBertDynamicMixin:
         """Multiply-accumulates per row of `layer_answer` for rows of the given real lengths."""
         raise NotImplementedError
 
-    def answer_uncertainty(self, answer: torch.Tensor, criterion: str) -> torch.Tensor:
-        """(rows,) how unsure each answer is under an entropy criterion: a row exits below the threshold."""
+    def answer_uncertainty(self, answer: torch.Tensor, criterion: str, mask: torch.Tensor) -> torch.Tensor:
+        """(rows,) how unsure each answer is under an entropy criterion (`mask`: the rows' 1/0 attention mask): a row
+        exits below the threshold."""
         raise NotImplementedError
 
     def predictions_agree(
@@ -213,7 +214,7 @@ class FlexBertDynamicMixin:
     ) -> torch.Tensor:
         """Which of the asked rows leave with `answer` at an off-ramp, by the exit criterion."""
         if criterion != "patience":
-            return self.answer_uncertainty(answer, criterion) < threshold
+            return self.answer_uncertainty(answer, criterion, run.mask[asked]) < threshold
         if run.previous is None:  # the first off-ramp: nothing to agree with yet (every row is asked)
             run.previous, _ = self.predictions_agree(None, answer, regression_tolerance)
             run.streak = torch.zeros(len(run.rows), dtype=torch.long, device=answer.device)
@@ -222,6 +223,14 @@ class FlexBertDynamicMixin:
             run.streak[asked] = torch.where(agrees, run.streak[asked] + 1, torch.zeros_like(run.streak[asked]))
             run.previous[asked] = prediction
         return run.streak[asked] >= threshold
+
+    @staticmethod
+    def _whole_groups(groups: torch.Tensor, leaving: torch.Tensor) -> torch.Tensor:
+        """`leaving`, kept only for rows whose every running group-mate (same value in `groups`) leaves too."""
+        _, group_index = torch.unique(groups, return_inverse=True)  # group ids as 0..n-1
+        staying = torch.zeros(int(group_index.max()) + 1, dtype=torch.bool, device=leaving.device)
+        staying[group_index[~leaving]] = True
+        return leaving & ~staying[group_index]
 
     @torch.no_grad()
     def dynamic_forward(
@@ -242,6 +251,7 @@ class FlexBertDynamicMixin:
         exit_at: torch.Tensor | None = None,
         exit_together: bool = False,
         regression_tolerance: float | None = None,
+        exit_groups: torch.Tensor | None = None,
     ):
         """Per-example inference on a batch: width gates pick each block's width, off-ramps answer early.
 
@@ -261,8 +271,12 @@ class FlexBertDynamicMixin:
                 batched behaviour of DeeBERT/PABEE implementations): same answers, no compaction.
             regression_tolerance: Patience on a regression output: consecutive off-ramps agree when they differ by
                 less than this (default: `config.exit_regression_tolerance`).
+            exit_groups: `(batch,)` integer group of each row (extractive QA: the question of each window): the rows
+                of a group leave together, at the first off-ramp where every one of them meets the exit criterion,
+                so that all of them answer from the same classifier.
 
-        Every example gets the answer, exit layer and widths it would get alone.
+        Every example gets the answer, exit layer and widths it would get alone (with `exit_groups`: every group
+        gets what it would get alone).
         """
         config, encoder = self.config, self.bert.encoder
         subnet = self.resolve_subnet(width, depth)
@@ -272,6 +286,8 @@ class FlexBertDynamicMixin:
             regression_tolerance = config.exit_regression_tolerance
         gate_widths = list(config.gate_widths if gate_widths is None else gate_widths)
         self._check_dynamic_settings(criterion, use_gates, use_ramps, subnet, gate_widths)
+        if exit_groups is not None and exit_at is not None:
+            raise ValueError("Planned exits (`exit_at`) already fix each row's layer: drop `exit_groups`.")
         hidden = self.bert.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         (batch_size, seq_length), device = hidden.shape[:2], hidden.device
         mask = torch.ones((batch_size, seq_length), dtype=torch.long, device=device)
@@ -326,6 +342,8 @@ class FlexBertDynamicMixin:
                 leaving = torch.ones(len(answer), dtype=torch.bool, device=device)
             else:
                 leaving = self._exits(run, asked, answer, criterion, threshold, regression_tolerance)
+                if exit_groups is not None:
+                    leaving = self._whole_groups(exit_groups[run.rows[asked]], leaving)
             if not bool(leaving.any()):
                 continue  # nobody leaves: no copies
             # Positions among the running rows of the rows that leave.

@@ -425,6 +425,21 @@ class FlexBertOffRamp(nn.Module):
         return torch.full_like(lengths, cls_head_macs(self.classifier.in_features, self.classifier.out_features))
 
 
+class FlexBertSpanRamp(nn.Module):
+    """An early-exit extractive-QA head after one layer: BERT's QA projection (start and end logit per token)."""
+
+    def __init__(self, config: FlexBertConfig):
+        super().__init__()
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.qa_outputs(hidden_states)  # (batch, length, 2)
+
+    def macs(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Multiply-accumulates per example: one projection per real token."""
+        return lengths * self.qa_outputs.in_features * self.qa_outputs.out_features
+
+
 class FlexBertAttentionRamp(nn.Module):
     """A FastBERT-style off-ramp: project every token to a small width, one self-attention layer, then dense + tanh
     and a linear classifier on [CLS]. Only the [CLS] output is read, so only its query is computed — the answer is
@@ -521,6 +536,7 @@ __all__ = [
     "FlexBertLayerMix",
     "FlexBertOffRamp",
     "FlexBertPooler",
+    "FlexBertSpanRamp",
     "FlexBertWidthGate",
     "Subnet",
     "Width",

@@ -33,6 +33,7 @@ from .flexbert_layers import (
     FlexBertLayerMix,
     FlexBertOffRamp,
     FlexBertPooler,
+    FlexBertSpanRamp,
     FlexBertWidthGate,
     Subnet,
     Width,
@@ -304,6 +305,19 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
             if int(layer) - 1 in ran
         }
 
+    # --- what the ramps stage needs (ramp_training.py) ---------------------------------------------------------
+
+    def ramp_training_targets(self, inputs: dict) -> tuple[dict, torch.Tensor]:
+        """The model inputs of a training batch and its gold labels."""
+        return {key: value for key, value in inputs.items() if key != "labels"}, inputs["labels"]
+
+    def head_logits(self, outputs) -> torch.Tensor:
+        """The final head's logits in the layout `ramp_logits` gives the off-ramps'."""
+        return outputs.logits
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.classification_loss(logits, labels)
+
     def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """BERT's loss choice: MSE for regression, cross-entropy for single-label, BCE for multi-label."""
         if self.config.problem_type is None:
@@ -338,7 +352,7 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
             return torch.full_like(lengths, cls_head_macs(self.config.hidden_size, self.num_labels))
         return self.off_ramps[str(layer)].macs(lengths)
 
-    def answer_uncertainty(self, answer: torch.Tensor, criterion: str) -> torch.Tensor:
+    def answer_uncertainty(self, answer: torch.Tensor, criterion: str, mask: torch.Tensor) -> torch.Tensor:
         return prediction_entropy(answer, normalized=criterion == "normalized_entropy")
 
     def predictions_agree(
@@ -479,18 +493,72 @@ class FlexBertDynamicQuestionAnsweringOutput(QuestionAnsweringModelOutput):
 
 class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel):
     """FlexBert with BERT's extractive QA head (start and end logits per token). Its windows run on the same
-    dynamic engine as the classifier (`dynamic_forward`); it has no off-ramps or gates yet, so every window answers
-    after the last layer of the sub-network."""
+    dynamic engine as the classifier (`dynamic_forward`), with off-ramps (`config.exit_layers`) that are QA heads of
+    their own: a window exits when its span distributions are confident (the mean entropy of its start and end
+    softmaxes, over its real tokens, below `exit_threshold`; `patience`: consecutive ramps agree on the argmax start
+    and end). Pass `exit_groups` (the question of each window) so that a question's windows exit together and
+    answer from one classifier. No width gates yet: every window runs at the sub-network's widths."""
 
     def __init__(self, config: FlexBertConfig):
         super().__init__(config)
         if config.num_labels != 2:
             raise ValueError(f"Question answering needs `num_labels=2` (start and end), got {config.num_labels}.")
+        if config.exit_layers and config.ramp_type != "pooler":
+            raise ValueError(
+                f"Question-answering off-ramps are span heads on every token; `ramp_type={config.ramp_type!r}` is a "
+                "classifier ramp: leave it at its default."
+            )
         self.num_labels = config.num_labels
         self.bert = FlexBertModel(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        ramp_layers = [layer for layer in config.exit_layers if layer < config.num_hidden_layers]
+        self.off_ramps = nn.ModuleDict({str(layer): FlexBertSpanRamp(config) for layer in ramp_layers})
         self.width_gates = nn.ModuleDict()  # none yet: the engine runs every window at the sub-network's widths
         self.post_init()
+
+    @torch.no_grad()
+    def copy_head_to_off_ramps(self, layers: Sequence[int] | None = None) -> None:
+        """Initialise off-ramps as copies of the final QA head: those after the given 1-based `layers`, or all."""
+        chosen = self.off_ramps.keys() if layers is None else [str(layer) for layer in layers]
+        for name in chosen:
+            self.off_ramps[name].qa_outputs.load_state_dict(self.qa_outputs.state_dict())
+
+    def ramp_logits(
+        self,
+        hidden_states: tuple[torch.Tensor, ...],
+        attention_mask: torch.Tensor | None = None,
+        subnet: Subnet | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """`(batch, 2, length)` start and end logits of every off-ramp whose layer ran, keyed by its 1-based layer,
+        from the hidden states of a forward of `subnet` (by default the active sub-network)."""
+        ran = self.bert.encoder.kept_layers(subnet)
+        return {
+            int(layer): ramp(hidden_states[ran.index(int(layer) - 1) + 1]).transpose(1, 2)
+            for layer, ramp in self.off_ramps.items()
+            if int(layer) - 1 in ran
+        }
+
+    @staticmethod
+    def span_loss(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """BERT's QA loss: the mean of the start and end cross-entropies. `logits` are `(batch, 2, length)`,
+        `positions` `(batch, 2)`; positions outside the input (truncated answers) are ignored."""
+        ignored = logits.shape[-1]
+        targets = positions.clamp(0, ignored)
+        return sum(F.cross_entropy(logits[:, k], targets[:, k], ignore_index=ignored) for k in range(2)) / 2
+
+    # --- what the ramps stage needs (ramp_training.py) ---------------------------------------------------------
+
+    def ramp_training_targets(self, inputs: dict) -> tuple[dict, torch.Tensor]:
+        """The model inputs of a training batch and its gold `(batch, 2)` start and end positions."""
+        targets = ("start_positions", "end_positions")
+        positions = torch.stack([inputs[key].view(-1) for key in targets], dim=1)
+        return {key: value for key, value in inputs.items() if key not in targets}, positions
+
+    def head_logits(self, outputs) -> torch.Tensor:
+        return torch.stack([outputs.start_logits, outputs.end_logits], dim=1)  # (batch, 2, length), as the ramps'
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.span_loss(logits, labels)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus the question-answering pipeline: its code file (`flexbert_qa.py`)
@@ -510,15 +578,35 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
     # --- the dynamic engine's hooks (flexbert_engine.py) -------------------------------------------------------
 
     def answer_layers(self, active_layers: list[int]) -> list[int]:
-        return []
+        return [int(layer) for layer in self.off_ramps if int(layer) - 1 in active_layers[:-1]]
 
     def layer_answer(
         self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, cls_states: dict[int, torch.Tensor], last: bool
     ) -> torch.Tensor:
-        return self.qa_outputs(hidden).float()  # (rows, length, 2): start and end logits
+        head = self.qa_outputs if last else self.off_ramps[str(layer)]
+        logits = head(hidden).float()  # (rows, length, 2): start and end logits
+        # Padding is never an answer: its logits are the dtype's minimum, so the exit criterion ignores it.
+        return logits.masked_fill(mask[:, :, None] == 0, torch.finfo(logits.dtype).min)
 
     def answer_macs(self, layer: int, lengths: torch.Tensor, last: bool) -> torch.Tensor:
         return lengths * self.config.hidden_size * self.num_labels  # one linear layer per real token
+
+    def answer_uncertainty(self, answer: torch.Tensor, criterion: str, mask: torch.Tensor) -> torch.Tensor:
+        """Span confidence: the mean entropy of the start and end distributions over the window's real tokens
+        (`normalized_entropy`: divided by ln(real length), the entropy of a uniform guess)."""
+        entropy = prediction_entropy(answer.transpose(1, 2)).mean(dim=1)  # padding has probability 0
+        if criterion == "normalized_entropy":
+            entropy = entropy / mask.sum(dim=1).clamp(min=2).float().log()
+        return entropy
+
+    def predictions_agree(
+        self, previous: torch.Tensor | None, answer: torch.Tensor, regression_tolerance: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Patience: the argmax start and end positions both agree with the previous ramp's."""
+        prediction = answer.argmax(dim=1)  # (rows, 2)
+        if previous is None:
+            return prediction, None
+        return prediction, (prediction == previous).all(dim=1)
 
     def empty_answers(self, batch_size: int, seq_length: int, device: torch.device) -> torch.Tensor:
         return torch.full((batch_size, seq_length, self.num_labels), torch.finfo(torch.float32).min, device=device)
@@ -529,6 +617,7 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
     def dynamic_output(self, answers, exit_layers, layer_widths, flops, labels):
         start_logits, end_logits = answers.unbind(dim=-1)
         return FlexBertDynamicQuestionAnsweringOutput(
+            loss=None if labels is None else self.span_loss(answers.transpose(1, 2), labels),
             start_logits=start_logits.contiguous(),
             end_logits=end_logits.contiguous(),
             exit_layers=exit_layers,
@@ -557,15 +646,27 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
         width (`float` or `list[float]`, *optional*), depth (`float`, *optional*):
             The sub-network of this call only (see `resolve_subnet`); by default the active one.
         dynamic (`bool`, *optional*):
-            Run the dynamic engine (`dynamic_forward`: per-window exit layers and FLOPs) or the static model; by
-            default the engine in eval mode when `config.dynamic_inference` is set. The engine computes no loss.
+            Run the dynamic engine (`dynamic_forward`: off-ramps, per-window exit layers and FLOPs) or the static
+            model; by default the engine in eval mode when `config.dynamic_inference` is set.
+            The engine's loss scores its own logits, in which padding is never a candidate (BERT's loss, the static
+            model's, lets padding take some probability).
         """
         if dynamic is None:
             dynamic = self.config.dynamic_inference and not self.training
+        positions = None
+        if start_positions is not None and end_positions is not None:
+            positions = torch.stack([start_positions.view(-1), end_positions.view(-1)], dim=1)
         if dynamic:
             self._reject_head_mask(head_mask)
             output = self.dynamic_forward(
-                input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, width=width, depth=depth
+                input_ids,
+                attention_mask,
+                token_type_ids,
+                position_ids,
+                inputs_embeds,
+                positions,
+                width=width,
+                depth=depth,
             )
             return output if return_dict is not False else output.to_tuple()
         outputs = self.bert(
@@ -580,18 +681,10 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
             width=width,
             depth=depth,
         )
-        start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).unbind(dim=-1)
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            # Positions outside the input (truncated answers) are clamped to an ignored index, as in BERT.
-            ignored = start_logits.shape[1]
-            start_loss = F.cross_entropy(
-                start_logits, start_positions.view(-1).clamp(0, ignored), ignore_index=ignored
-            )
-            end_loss = F.cross_entropy(end_logits, end_positions.view(-1).clamp(0, ignored), ignore_index=ignored)
-            loss = (start_loss + end_loss) / 2
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = logits.unbind(dim=-1)
         output = QuestionAnsweringModelOutput(
-            loss=loss,
+            loss=None if positions is None else self.span_loss(logits.transpose(1, 2), positions),
             start_logits=start_logits.contiguous(),
             end_logits=end_logits.contiguous(),
             hidden_states=outputs.hidden_states,

@@ -29,10 +29,12 @@ def ramps_loss(
     """The mean over `widths` of `mode`'s ramp-training loss, and the model's outputs at the last width.
 
     `model` is what the forward runs through (possibly a DDP/DataParallel wrapper), `flex_model` the FlexBert
-    model itself, whose sub-network, off-ramps and task loss the loss needs.
+    model itself, whose sub-network, off-ramps and task loss the loss needs. The head supplies its targets, its
+    final logits in the off-ramps' layout and its loss (`ramp_training_targets`, `head_logits`, `task_loss`), so a
+    classifier's ramps learn from class labels and a QA model's from start and end positions (each a distribution
+    over the window's tokens).
     """
-    labels = inputs["labels"]
-    model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+    model_inputs, labels = flex_model.ramp_training_targets(inputs)
     losses = []
     for width in widths:
         # The static model at `width` (per call, so DataParallel's replicas run it too); the ramps read its states.
@@ -44,9 +46,9 @@ def ramps_loss(
             ramp_training_loss(
                 mode,
                 ramps,
-                outputs.logits,
+                flex_model.head_logits(outputs),
                 labels,
-                flex_model.classification_loss,
+                flex_model.task_loss,
                 flex_model.config.num_hidden_layers,
             )
         )

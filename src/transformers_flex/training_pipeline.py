@@ -938,8 +938,8 @@ def run(model_args, data_args, pipeline_args, training_args: FlexTrainingArgumen
     task, raw = load_task(data_args)
     if teacher is not None:
         check_teacher_labels(teacher, task, teacher_path)
-    if task.is_qa and (set(stages) & {"ramps", "gates"} or model_args.exit_layers or model_args.gate_block_size):
-        raise SystemExit("Extractive QA has no off-ramps or width gates yet: leave out the ramps and gates stages.")
+    if task.is_qa and ("gates" in stages or model_args.gate_block_size):
+        raise SystemExit("Extractive QA has no width gates yet: leave out the gates stage and --gate_block_size.")
     if pipeline:
         stopped_early = pipeline_args.last_stage is not None
         check_dynamic_flags(stages, model_args, AutoConfig.from_pretrained(start), stopped_early)
