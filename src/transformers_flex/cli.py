@@ -204,8 +204,9 @@ def run_export(args: argparse.Namespace) -> None:
     print(f"Wrote {type(exported).__name__} ({exported.num_parameters():,} parameters) to {args.output_dir}.")
 
 
-TRAIN_DESCRIPTION = """Train a flexible model on a GLUE task (--task_name) or your own data (--train_file and
---validation_file: CSV, JSON lines or parquet; or --dataset_name), with the arguments of examples/run_glue_flex.py.
+TRAIN_DESCRIPTION = """Train a flexible model on a GLUE task or SQuAD (--task_name) or your own data (--train_file and
+--validation_file: CSV, JSON lines or parquet; or --dataset_name; SQuAD's columns mean extractive QA), with the
+arguments of examples/run_glue_flex.py.
 It runs the whole pipeline by default: teacher, rewire, width and width_depth, plus the ramps stage when
 --exit_layers is given and the gates stage when --gate_block_size is. --stages picks stages (in order),
 --last_stage stops earlier, and --flex_stage <stage> trains one stage of --model_name_or_path instead. Each stage
