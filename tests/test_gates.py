@@ -424,3 +424,67 @@ def test_gates_stage_on_a_regression_task_trains_and_evaluates(tiny_config, tmp_
     )
     trainer.train()
     assert "eval_loss" in trainer.evaluate()  # the gated model, ramps never exiting, whatever the criterion
+
+
+def test_span_is_correct_by_token_overlap_f1():
+    from transformers_flex.losses import span_is_correct
+
+    def logits_for(start: int, end: int, length: int = 10) -> torch.Tensor:
+        logits = torch.zeros(2, length)
+        logits[0, start], logits[1, end] = 5.0, 5.0
+        return logits
+
+    predicted = [(2, 4), (3, 6), (5, 9), (4, 2), (0, 0), (0, 3)]
+    gold = torch.tensor([[2, 4], [2, 4], [2, 4], [2, 4], [0, 0], [0, 0]])
+    # (3, 6) vs (2, 4): overlap 2, precision 2/4, recall 2/3 -> F1 0.571; (0, 3) vs CLS (0, 0): F1 0.4.
+    expected = [True, True, False, False, True, False]
+    logits = torch.stack([logits_for(start, end) for start, end in predicted])
+    assert span_is_correct(logits, gold, min_f1=0.5).tolist() == expected
+    assert span_is_correct(logits, gold, min_f1=0.6).tolist() == [True, False, False, False, True, False]
+
+
+def test_qa_gates_stage_trains_only_the_gates_on_span_labels(tiny_config, tmp_path):
+    """A QA model's gates learn from the smallest width whose span is right; evaluation runs the gated engine, whose
+    windows get what they get alone."""
+    from conftest import pad_collate
+    from test_trainer import make_args, random_qa_dataset
+
+    from transformers_flex import FlexBertForQuestionAnswering, FlexTrainer
+    from transformers_flex.gate_training import gate_targets
+    from transformers_flex.losses import span_is_correct
+
+    tiny_config.num_labels, tiny_config.gate_block_size = 2, 2
+    torch.manual_seed(0)
+    model = FlexBertForQuestionAnswering(tiny_config)
+    initial = {name: value.clone() for name, value in model.state_dict().items()}
+    dataset = random_qa_dataset(24)
+    args = make_args(tmp_path, flex_stage="gates", max_steps=3, gate_span_f1=0.5)
+    trainer = FlexTrainer(
+        model=model, args=args, train_dataset=dataset, eval_dataset=dataset, data_collator=pad_collate
+    )
+    batch = pad_collate([dataset[i] for i in range(8)])
+    model.eval()
+    labels, _ = gate_targets(model, model, batch, 0.5, span_f1=0.5)
+    positions = torch.stack([batch["start_positions"], batch["end_positions"]], dim=1)
+    with torch.no_grad():  # the reference: each width's spans, smallest right width first
+        right = {
+            width: span_is_correct(
+                model.head_logits(model(**{k: batch[k] for k in ("input_ids", "attention_mask")}, width=width)),
+                positions,
+                0.5,
+            )
+            for width in model.config.gate_widths
+        }
+    for row, label in enumerate(labels.tolist()):
+        smallest = [w for w in sorted(right) if right[w][row]]
+        assert model.config.gate_widths[label] == (smallest[0] if smallest else max(right))
+    trainer.train()
+    changed = {name for name, value in model.state_dict().items() if not torch.equal(value, initial[name])}
+    assert changed and all(name.startswith("width_gates.") for name in changed)
+    metrics = trainer.evaluate()
+    model.eval()
+    gated = model.dynamic_forward(batch["input_ids"], batch["attention_mask"], labels=positions, use_ramps=False)
+    assert "eval_loss" in metrics
+    for row in range(3):
+        alone = model.dynamic_forward(batch["input_ids"][row : row + 1], batch["attention_mask"][row : row + 1])
+        assert torch.equal(alone.layer_widths[0], gated.layer_widths[row])

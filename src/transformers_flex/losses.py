@@ -115,6 +115,21 @@ def prediction_is_correct(logits: torch.Tensor, labels: torch.Tensor, regression
     return logits.argmax(dim=-1) == labels
 
 
+def span_is_correct(logits: torch.Tensor, positions: torch.Tensor, min_f1: float) -> torch.Tensor:
+    """(batch,) whether each QA window's predicted span is right: the span from its argmax start to its argmax end
+    has a token-overlap F1 of at least `min_f1` with the gold span (`logits` `(batch, 2, length)`, `positions`
+    `(batch, 2)`). A window whose answer lies elsewhere has the CLS position as gold, so it is right when it points
+    there too. A span that ends before it starts is wrong."""
+    predicted = logits.argmax(dim=-1)  # (batch, 2)
+    start, end = predicted[:, 0], predicted[:, 1]
+    gold_start, gold_end = positions[:, 0], positions[:, 1]
+    overlap = (torch.minimum(end, gold_end) - torch.maximum(start, gold_start) + 1).clamp(min=0).float()
+    precision = overlap / (end - start + 1).clamp(min=1).float()
+    recall = overlap / (gold_end - gold_start + 1).clamp(min=1).float()
+    f1 = torch.where(overlap > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-9), 0.0)
+    return (f1 >= min_f1) & (end >= start)
+
+
 def gate_labels(correct: torch.Tensor, widths: list[float]) -> torch.Tensor:
     """Each example's gate class: the smallest width whose prediction is correct, else the largest width.
 
@@ -157,6 +172,7 @@ __all__ = [
     "logits_distillation",
     "masked_hidden_mse",
     "prediction_is_correct",
+    "span_is_correct",
     "ramp_training_loss",
     "soft_cross_entropy",
     "teacher_layer_for_student",

@@ -67,6 +67,17 @@ class FlexBertDynamicOutput(SequenceClassifierOutput):
     flops: torch.DoubleTensor | None = None
 
 
+def width_gates(config: FlexBertConfig) -> nn.ModuleDict:
+    """The width gates of `config.gate_layers`, keyed by the number of layers run before them ("0": the in-gate on
+    the embeddings, which mean-pools: the [CLS] embedding is the same for every input)."""
+    return nn.ModuleDict(
+        {
+            str(layer): FlexBertWidthGate(config, mean_pool=layer == 0 or config.gate_pooling == "mean")
+            for layer in config.gate_layers
+        }
+    )
+
+
 class FlexBertPreTrainedModel(PreTrainedModel):
     config_class = FlexBertConfig
     config: FlexBertConfig
@@ -176,6 +187,17 @@ class FlexBertPreTrainedModel(PreTrainedModel):
 
     # --- shared forward pieces ---------------------------------------------------------------------------------
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, refusing a config whose `gate_widths` no longer match the gates (the
+        checkpoint would not load)."""
+        for gate in getattr(self, "width_gates", {}).values():
+            if gate.classifier.out_features != len(self.config.gate_widths):
+                raise ValueError(
+                    f"The width gates have {gate.classifier.out_features} classes but `config.gate_widths` lists "
+                    f"{len(self.config.gate_widths)} widths: give one width per class before saving."
+                )
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @staticmethod
     def _reject_head_mask(head_mask: torch.Tensor | None) -> None:
         if head_mask is not None:
@@ -261,13 +283,7 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
         ramp_class = FlexBertAttentionRamp if config.ramp_type == "attention" else FlexBertOffRamp
         self.off_ramps = nn.ModuleDict({str(layer): ramp_class(config) for layer in ramp_layers})
         self.layer_mix = FlexBertLayerMix(config) if config.knowledgeable_layers else None
-        # Width gates keyed by the number of layers run before them ("0": the in-gate on the embeddings).
-        self.width_gates = nn.ModuleDict(
-            {
-                str(layer): FlexBertWidthGate(config, mean_pool=layer == 0 or config.gate_pooling == "mean")
-                for layer in config.gate_layers
-            }
-        )
+        self.width_gates = width_gates(config)
         self.post_init()
 
     @torch.no_grad()
@@ -305,11 +321,11 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
             if int(layer) - 1 in ran
         }
 
-    # --- what the ramps stage needs (ramp_training.py) ---------------------------------------------------------
+    # --- what the ramps and gates stages need (ramp_training.py, gate_training.py) -----------------------------
 
-    def ramp_training_targets(self, inputs: dict) -> tuple[dict, torch.Tensor]:
-        """The model inputs of a training batch and its gold labels."""
-        return {key: value for key, value in inputs.items() if key != "labels"}, inputs["labels"]
+    def training_targets(self, inputs: dict) -> tuple[dict, torch.Tensor | None]:
+        """The model inputs of a batch and its gold labels (`None` when it has none)."""
+        return {key: value for key, value in inputs.items() if key != "labels"}, inputs.get("labels")
 
     def head_logits(self, outputs) -> torch.Tensor:
         """The final head's logits in the layout `ramp_logits` gives the off-ramps'."""
@@ -389,17 +405,6 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
         super().check_exit_settings(criterion, use_ramps)
         if use_ramps and len(self.off_ramps) and self.num_labels == 1 and criterion != "patience":
             raise ValueError("A regression model has no prediction entropy: use `criterion='patience'`.")
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, refusing a config whose `gate_widths` no longer match the gates (the
-        checkpoint would not load)."""
-        for gate in self.width_gates.values():
-            if gate.classifier.out_features != len(self.config.gate_widths):
-                raise ValueError(
-                    f"The width gates have {gate.classifier.out_features} classes but `config.gate_widths` lists "
-                    f"{len(self.config.gate_widths)} widths: give one width per class before saving."
-                )
-        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def forward(
         self,
@@ -497,7 +502,8 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
     their own: a window exits when its span distributions are confident (the mean entropy of its start and end
     softmaxes, over its real tokens, below `exit_threshold`; `patience`: consecutive ramps agree on the argmax start
     and end). Pass `exit_groups` (the question of each window) so that a question's windows exit together and
-    answer from one classifier. No width gates yet: every window runs at the sub-network's widths."""
+    answer from one classifier. Width gates (`config.gate_block_size`) pick each window's widths, as for the
+    classifier."""
 
     def __init__(self, config: FlexBertConfig):
         super().__init__(config)
@@ -513,7 +519,7 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
         ramp_layers = [layer for layer in config.exit_layers if layer < config.num_hidden_layers]
         self.off_ramps = nn.ModuleDict({str(layer): FlexBertSpanRamp(config) for layer in ramp_layers})
-        self.width_gates = nn.ModuleDict()  # none yet: the engine runs every window at the sub-network's widths
+        self.width_gates = width_gates(config)
         self.post_init()
 
     @torch.no_grad()
@@ -546,12 +552,14 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
         targets = positions.clamp(0, ignored)
         return sum(F.cross_entropy(logits[:, k], targets[:, k], ignore_index=ignored) for k in range(2)) / 2
 
-    # --- what the ramps stage needs (ramp_training.py) ---------------------------------------------------------
+    # --- what the ramps and gates stages need (ramp_training.py, gate_training.py) -----------------------------
 
-    def ramp_training_targets(self, inputs: dict) -> tuple[dict, torch.Tensor]:
-        """The model inputs of a training batch and its gold `(batch, 2)` start and end positions."""
+    def training_targets(self, inputs: dict) -> tuple[dict, torch.Tensor | None]:
+        """The model inputs of a batch and its gold `(batch, 2)` start and end positions (`None` without them)."""
         targets = ("start_positions", "end_positions")
-        positions = torch.stack([inputs[key].view(-1) for key in targets], dim=1)
+        positions = None
+        if all(key in inputs for key in targets):
+            positions = torch.stack([inputs[key].view(-1) for key in targets], dim=1)
         return {key: value for key, value in inputs.items() if key not in targets}, positions
 
     def head_logits(self, outputs) -> torch.Tensor:

@@ -30,11 +30,11 @@ def ramps_loss(
 
     `model` is what the forward runs through (possibly a DDP/DataParallel wrapper), `flex_model` the FlexBert
     model itself, whose sub-network, off-ramps and task loss the loss needs. The head supplies its targets, its
-    final logits in the off-ramps' layout and its loss (`ramp_training_targets`, `head_logits`, `task_loss`), so a
+    final logits in the off-ramps' layout and its loss (`training_targets`, `head_logits`, `task_loss`), so a
     classifier's ramps learn from class labels and a QA model's from start and end positions (each a distribution
     over the window's tokens).
     """
-    model_inputs, labels = flex_model.ramp_training_targets(inputs)
+    model_inputs, labels = flex_model.training_targets(inputs)
     losses = []
     for width in widths:
         # The static model at `width` (per call, so DataParallel's replicas run it too); the ramps read its states.

@@ -72,6 +72,9 @@ class FlexTrainingArguments(TrainingArguments):
             Gumbel-softmax temperature at the last step of the gates stage.
         gate_regression_tolerance (`float`, defaults to 0.5):
             Regression tasks: a width counts as correct for an example when its output is within this of the label.
+        gate_span_f1 (`float`, defaults to 0.5):
+            Extractive QA: a width counts as correct for a window when its argmax span has at least this token-overlap
+            F1 with the gold span.
         eval_all_subnets (`bool`, defaults to `True`):
             Evaluate every sub-network of the stage (`eval_w0.5_d1.0_accuracy`-style keys); otherwise only the full
             model.
@@ -115,6 +118,9 @@ class FlexTrainingArguments(TrainingArguments):
     )
     gate_temperature_start: float = field(default=1.0, metadata={"help": "Gumbel-softmax temperature at the start."})
     gate_temperature_end: float = field(default=0.5, metadata={"help": "Gumbel-softmax temperature at the end."})
+    gate_span_f1: float = field(
+        default=0.5, metadata={"help": "QA: a window's span counts as right at a width with this F1 to the gold span."}
+    )
     gate_regression_tolerance: float = field(
         default=0.5, metadata={"help": "Regression: |output - label| counted as correct when labelling gates."}
     )

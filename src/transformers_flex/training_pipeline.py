@@ -69,7 +69,7 @@ STAGE_TRAINING_FIELDS = {
     "width_depth": ("subnet_sampling", "num_random_subnets", "lambda_logits", "lambda_hidden", "teacher_width"),
     "final": ("subnet_sampling", "num_random_subnets"),
     "ramps": ("ramp_training", "ramp_widths"),
-    "gates": ("gate_temperature_start", "gate_temperature_end", "gate_regression_tolerance"),
+    "gates": ("gate_temperature_start", "gate_temperature_end", "gate_regression_tolerance", "gate_span_f1"),
 }
 STAGE_MODEL_FIELDS = {"ramps": ("exit_layers", "ramp_type", "copy_head_to_new_ramps"), "gates": ("gate_block_size",)}
 # Settings of each stage that only exist with another one on: left out of the record when that one is off.
@@ -938,8 +938,6 @@ def run(model_args, data_args, pipeline_args, training_args: FlexTrainingArgumen
     task, raw = load_task(data_args)
     if teacher is not None:
         check_teacher_labels(teacher, task, teacher_path)
-    if task.is_qa and ("gates" in stages or model_args.gate_block_size):
-        raise SystemExit("Extractive QA has no width gates yet: leave out the gates stage and --gate_block_size.")
     if pipeline:
         stopped_early = pipeline_args.last_stage is not None
         check_dynamic_flags(stages, model_args, AutoConfig.from_pretrained(start), stopped_early)
