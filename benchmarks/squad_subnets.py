@@ -54,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", required=True, help="The fine-tuned full model (the pipeline's teacher stage).")
     parser.add_argument("--model", required=True, help="The flexible model (the pipeline's width_depth stage).")
+    parser.add_argument("--full_depth_only", action="store_true", help="Widths at full depth (a width-stage model).")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Dev questions (default: all).")
     parser.add_argument("--max_seq_length", type=int, default=384)
     parser.add_argument("--doc_stride", type=int, default=128)
@@ -75,7 +76,8 @@ def main() -> None:
     teacher_model = FlexBertForQuestionAnswering.from_pretrained(args.teacher)
     teacher = evaluate_qa_subnets(teacher_model, examples, features, collate, [(1.0, 1.0)], args.batch_size)[0]
     model = FlexBertForQuestionAnswering.from_pretrained(args.model)
-    subnets = evaluate_qa_subnets(model, examples, features, collate, subnet_grid(model.config), args.batch_size)
+    grid = subnet_grid(model.config, full_depth_only=args.full_depth_only)
+    subnets = evaluate_qa_subnets(model, examples, features, collate, grid, args.batch_size)
     predictions_dir = Path(args.predictions_dir)
     predictions_dir.mkdir(parents=True, exist_ok=True)
     (predictions_dir / "teacher.json").write_text(json.dumps(teacher.pop("answers")))
@@ -83,7 +85,11 @@ def main() -> None:
         (predictions_dir / f"w{row['width']}_d{row['depth']}.json").write_text(json.dumps(row.pop("answers")))
     summary = {
         "command": "python benchmarks/squad_subnets.py "
-        + " ".join(f"--{key} {value}" for key, value in vars(args).items() if value is not None),
+        + " ".join(
+            f"--{key}" if value is True else f"--{key} {value}"
+            for key, value in vars(args).items()
+            if value not in (None, False)
+        ),
         "dev_questions": len(examples),
         "dev_windows": len(features),
         "seconds": round(time.time() - started, 1),
