@@ -398,38 +398,6 @@ def test_subnet_metrics_and_loss_components_reach_tensorboard(tiny_config, tmp_p
     assert {"train/loss_logits", "train/loss_hidden", "eval/w0.25_d1.0_loss", "eval/w1.0_d1.0_loss"} <= tags
 
 
-def test_teacher_stage_is_plain_fine_tuning(tiny_config, tmp_path):
-    """Stage 0 through FlexTrainer == the plain Trainer on vanilla BertForSequenceClassification, step for step."""
-    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
-
-    from transformers_flex.export import FLEX_ONLY_FIELDS
-
-    flex, _ = make_models(tiny_config)
-    bert = BertForSequenceClassification(
-        BertConfig(**{k: v for k, v in tiny_config.to_dict().items() if k not in FLEX_ONLY_FIELDS})
-    )
-    bert.load_state_dict(flex.state_dict())
-    data = random_classification_dataset(24)
-    common = dict(
-        per_device_train_batch_size=8, learning_rate=1e-3, max_steps=3, report_to="none", use_cpu=True, seed=7
-    )
-    FlexTrainer(
-        model=flex,
-        args=FlexTrainingArguments(output_dir=str(tmp_path / "flex"), flex_stage="teacher", **common),
-        train_dataset=data,
-        data_collator=pad_collate,
-    ).train()
-    Trainer(
-        model=bert,
-        args=TrainingArguments(output_dir=str(tmp_path / "bert"), **common),
-        train_dataset=data,
-        data_collator=pad_collate,
-    ).train()
-    bert_state = bert.state_dict()
-    for name, value in flex.state_dict().items():
-        torch.testing.assert_close(value, bert_state[name], atol=1e-5, rtol=1e-4, msg=name)
-
-
 def random_qa_dataset(num_examples: int, length: int = 12, seed: int = 0):
     """Random token windows with answer spans inside them (`start_positions` <= `end_positions`)."""
     from datasets import Dataset
@@ -444,21 +412,25 @@ def random_qa_dataset(num_examples: int, length: int = 12, seed: int = 0):
     return Dataset.from_dict(rows)
 
 
-def test_qa_teacher_stage_is_plain_fine_tuning(tiny_config, tmp_path):
-    """Stage 0 of extractive QA through FlexTrainer == the plain Trainer on vanilla BertForQuestionAnswering."""
-    from transformers import BertConfig, BertForQuestionAnswering, TrainingArguments
+@pytest.mark.parametrize("head", ["sequence_classification", "question_answering"])
+def test_teacher_stage_is_plain_fine_tuning(tiny_config, tmp_path, head):
+    """Stage 0 through FlexTrainer == the plain Trainer on vanilla BERT with the same head, step for step."""
+    import transformers
+    from transformers import BertConfig, TrainingArguments
 
-    from transformers_flex import FlexBertForQuestionAnswering
+    import transformers_flex
     from transformers_flex.export import FLEX_ONLY_FIELDS
 
-    tiny_config.num_labels = 2
+    qa = head == "question_answering"
+    suffix = "QuestionAnswering" if qa else "SequenceClassification"
+    tiny_config.num_labels = 2 if qa else tiny_config.num_labels
     torch.manual_seed(0)
-    flex = FlexBertForQuestionAnswering(tiny_config)
-    bert = BertForQuestionAnswering(
+    flex = getattr(transformers_flex, f"FlexBertFor{suffix}")(tiny_config)
+    bert = getattr(transformers, f"BertFor{suffix}")(
         BertConfig(**{k: v for k, v in tiny_config.to_dict().items() if k not in FLEX_ONLY_FIELDS})
     )
     bert.load_state_dict(flex.state_dict())
-    data = random_qa_dataset(24)
+    data = random_qa_dataset(24) if qa else random_classification_dataset(24)
     common = dict(
         per_device_train_batch_size=8, learning_rate=1e-3, max_steps=3, report_to="none", use_cpu=True, seed=7
     )
