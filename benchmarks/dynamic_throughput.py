@@ -22,7 +22,6 @@ one. Writes JSON.
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
 
 from transformers_flex import FlexBertForSequenceClassification, subnet_flops  # noqa: E402
 from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
-from transformers_flex.evaluation import interleaved_medians, length_bucketed_batches  # noqa: E402
+from transformers_flex.evaluation import interleaved_medians, length_bucketed_batches, machine_description  # noqa: E402
 from transformers_flex.inference import bucketed_forward, fit_exit_predictor  # noqa: E402
 
 
@@ -77,16 +76,6 @@ def run_geep(model, batches, predictor):
         types = batch.get("token_type_ids")
         outputs.append(bucketed_forward(model, batch["input_ids"], predicted, batch["attention_mask"], types))
     return outputs
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu
-    return {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -171,7 +160,7 @@ def main() -> None:
         )
     report = {
         "command": "python benchmarks/dynamic_throughput.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
+        "machine": machine_description(),
         "task": args.task,
         "dev_examples": len(dev),
         "batch_size": args.batch_size,

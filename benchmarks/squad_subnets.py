@@ -10,24 +10,18 @@ subnets.png, and each model's answers as `predictions.json` files under `--predi
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import matplotlib  # noqa: E402
+import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
+from squad_setup import add_dev_arguments, command_line, load_dev, teacher_point  # noqa: E402
 
 from transformers_flex import FlexBertForQuestionAnswering  # noqa: E402
 from transformers_flex.evaluation import evaluate_qa_subnets, subnet_grid  # noqa: E402
-from transformers_flex.squad import load_squad  # noqa: E402
-from transformers_flex.tasks import squad_task  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "squad"
 
@@ -55,43 +49,27 @@ def main() -> None:
     parser.add_argument("--teacher", required=True, help="The fine-tuned full model (the pipeline's teacher stage).")
     parser.add_argument("--model", required=True, help="The flexible model (the pipeline's width_depth stage).")
     parser.add_argument("--full_depth_only", action="store_true", help="Widths at full depth (a width-stage model).")
-    parser.add_argument("--max_eval_samples", type=int, default=None, help="Dev questions (default: all).")
-    parser.add_argument("--max_seq_length", type=int, default=384)
-    parser.add_argument("--doc_stride", type=int, default=128)
-    parser.add_argument("--batch_size", type=int, default=64)
+    add_dev_arguments(parser)
     parser.add_argument("--predictions_dir", default="runs/squad_predictions")
     parser.add_argument("--output", default=str(RESULTS / "subnets.json"))
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    examples = load_squad()["validation"]
-    if args.max_eval_samples is not None:
-        examples = examples.select(range(args.max_eval_samples))
-    task = squad_task()
-    task.doc_stride = args.doc_stride
-    features = task.tokenize(examples, tokenizer, args.max_seq_length, training=False)
-    collate = DataCollatorWithPadding(tokenizer)
+    dev = load_dev(args, args.model)
     started = time.time()
-    teacher_model = FlexBertForQuestionAnswering.from_pretrained(args.teacher)
-    teacher = evaluate_qa_subnets(teacher_model, examples, features, collate, [(1.0, 1.0)], args.batch_size)[0]
+    teacher = teacher_point(args.teacher, dev, args.batch_size)
     model = FlexBertForQuestionAnswering.from_pretrained(args.model)
     grid = subnet_grid(model.config, full_depth_only=args.full_depth_only)
-    subnets = evaluate_qa_subnets(model, examples, features, collate, grid, args.batch_size)
+    subnets = evaluate_qa_subnets(model, dev.examples, dev.features, dev.collate, grid, args.batch_size)
     predictions_dir = Path(args.predictions_dir)
     predictions_dir.mkdir(parents=True, exist_ok=True)
     (predictions_dir / "teacher.json").write_text(json.dumps(teacher.pop("answers")))
     for row in subnets:
         (predictions_dir / f"w{row['width']}_d{row['depth']}.json").write_text(json.dumps(row.pop("answers")))
     summary = {
-        "command": "python benchmarks/squad_subnets.py "
-        + " ".join(
-            f"--{key}" if value is True else f"--{key} {value}"
-            for key, value in vars(args).items()
-            if value not in (None, False)
-        ),
-        "dev_questions": len(examples),
-        "dev_windows": len(features),
+        "command": command_line("squad_subnets.py", args),
+        "dev_questions": len(dev.examples),
+        "dev_windows": len(dev.features),
         "seconds": round(time.time() - started, 1),
         "teacher": teacher,
         "subnets": subnets,

@@ -21,3 +21,13 @@ python examples/run_squad_flex.py --flex_stage width_depth --model_name_or_path 
     --num_train_epochs 1 --learning_rate 1e-4 --per_device_train_batch_size 32 --per_device_eval_batch_size 64 \
     --subnet_sampling sandwich --num_random_subnets 2 \
     --save_strategy epoch --save_total_limit 1 --logging_steps 20 --seed 42 --use_cpu --report_to none
+# Dynamic inference on top of the width_depth model: span off-ramps after layers 1-5 trained DeeBERT-style (only the
+# ramps learn, at every width; 1 epoch), then width gates (one per 2 layers, everything else frozen; 1 epoch).
+python examples/run_squad_flex.py --stages ramps gates --model_name_or_path "$OUTPUT_DIR/width_depth_1ep" \
+    --output_dir "$OUTPUT_DIR/dynamic" \
+    --max_train_samples 3000 --max_eval_samples 500 --max_seq_length 384 --doc_stride 128 \
+    --per_device_train_batch_size 32 --per_device_eval_batch_size 64 \
+    --exit_layers 1 2 3 4 5 --ramp_training two_stage --ramp_widths all \
+    --ramps_num_train_epochs 1 --ramps_learning_rate 1e-3 \
+    --gate_block_size 2 --gates_num_train_epochs 1 --gates_learning_rate 2e-4 \
+    --save_strategy epoch --save_total_limit 1 --logging_steps 20 --seed 42 --use_cpu --report_to none

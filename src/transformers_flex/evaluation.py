@@ -1,5 +1,7 @@
 """Evaluating and timing the static sub-networks of a FlexBert model."""
 
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -241,6 +243,18 @@ def subnet_latencies(
     return interleaved_medians({subnet: runner(*subnet) for subnet in subnets}, rounds=rounds)
 
 
+def machine_description() -> dict:
+    """What a timing ran on: the device (GPU name, else the CPU's model name), cores, torch version and threads."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass  # not Linux: platform's answer
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu
+    return {"device": device, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
 __all__ = [
     "dynamic_predict",
     "evaluate_qa_dynamic",
@@ -248,6 +262,7 @@ __all__ = [
     "evaluate_subnets",
     "interleaved_medians",
     "length_bucketed_batches",
+    "machine_description",
     "predict",
     "predict_spans",
     "question_batches",
