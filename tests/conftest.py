@@ -9,6 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from pipeline_runs import classification_run, data_files  # noqa: E402, F401  (session fixtures for every module)
 
 from transformers_flex import FlexBertConfig  # noqa: E402
 from transformers_flex.utils import default_backbone_path, default_data_dir  # noqa: E402

@@ -1,5 +1,5 @@
-"""`transformers-flex` command line: `demo` (the main job), `train` (the training pipeline on any data) and
-`export`."""
+"""`transformers-flex` command line: `demo` (the main job), `train` (the training pipeline on any data), `export`,
+`card` and `push` (a run's model card, and publishing it to the Hub)."""
 
 import argparse
 import json
@@ -204,6 +204,51 @@ def run_export(args: argparse.Namespace) -> None:
     print(f"Wrote {type(exported).__name__} ({exported.num_parameters():,} parameters) to {args.output_dir}.")
 
 
+def add_publish_arguments(parser: argparse.ArgumentParser, push: bool) -> None:
+    parser.add_argument("run_dir", help="A `transformers-flex train` output directory (it has results.json).")
+    if push:
+        parser.add_argument("repo_id", help="The Hub repo to publish to (`name` or `namespace/name`).")
+        parser.add_argument("--private", action="store_true", help="Create the repo private (if it is new).")
+        parser.add_argument(
+            "--subnet", default=None, help="WIDTH,DEPTH: publish this static sub-network as a compact checkpoint."
+        )
+        parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one).")
+    else:
+        parser.add_argument("--repo-id", default=None, help="The repo id the card's snippets load from.")
+    parser.add_argument(
+        "--dynamic-results",
+        nargs="*",
+        default=[],
+        help="Results of benchmarks/dynamic_tradeoffs.py or dynamic_throughput.py: the dynamic operating points.",
+    )
+
+
+def parse_subnet(text: str | None) -> tuple[float, float] | None:
+    """`0.5,1.0` -> (0.5, 1.0)."""
+    if text is None:
+        return None
+    try:
+        width, depth = (float(part) for part in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--subnet takes WIDTH,DEPTH (e.g. 0.5,1.0), got {text!r}.") from None
+    return width, depth
+
+
+def run_publish(args: argparse.Namespace) -> None:
+    """`card`: write README.md and the plot into the run's final checkpoint; `push`: that, then upload."""
+    from .hub import FlexHubError, push_run, write_model_card
+
+    try:
+        if args.command == "card":
+            print(f"Wrote {write_model_card(args.run_dir, args.repo_id, args.dynamic_results)}")
+            return
+        subnet = parse_subnet(args.subnet)
+        url = push_run(args.run_dir, args.repo_id, args.private, subnet, args.dynamic_results, args.token)
+    except FlexHubError as error:
+        raise SystemExit(str(error)) from None
+    print(f"Pushed {args.run_dir} to {args.repo_id}: {url}")
+
+
 TRAIN_DESCRIPTION = """Train a flexible model on a GLUE task or SQuAD (--task_name) or your own data (--train_file and
 --validation_file: CSV, JSON lines or parquet; or --dataset_name; SQuAD's columns mean extractive QA), with the
 arguments of examples/run_glue_flex.py.
@@ -232,11 +277,15 @@ def main(argv: list[str] | None = None) -> None:
     add_demo_arguments(commands.add_parser("demo", help="Fine-tune, rewire and tabulate every sub-network (SST-2)."))
     commands.add_parser("train", help="Train the flexible-model pipeline on any data (`train --help`).")
     add_export_arguments(commands.add_parser("export", help="Export a static sub-network as its own checkpoint."))
+    add_publish_arguments(commands.add_parser("card", help="Write a run's model card into its checkpoint."), False)
+    add_publish_arguments(commands.add_parser("push", help="Publish a run's checkpoint and card to the Hub."), True)
     args = parser.parse_args(argv)
     if args.command == "demo":
         run_demo(args)
-    else:
+    elif args.command == "export":
         run_export(args)
+    else:
+        run_publish(args)
 
 
 if __name__ == "__main__":

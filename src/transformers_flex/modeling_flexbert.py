@@ -9,9 +9,12 @@ Part of the portable unit copied into every checkpoint: imports only torch/trans
 
 import copy
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +50,10 @@ from .flexbert_layers import (
     subnet_layer_shapes,
     width_shape,
 )
+
+CARD_NAME = "README.md"
+CARD_TAG = "transformers-flex"  # in the metadata of the cards transformers-flex writes
+CARD_PLOT_NAME = "flexbert_subnets.png"  # the sub-network plot a card shows
 
 
 @dataclass
@@ -197,6 +204,34 @@ class FlexBertPreTrainedModel(PreTrainedModel):
                     f"{len(self.config.gate_widths)} widths: give one width per class before saving."
                 )
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *args, model_card: str | None = None, **kwargs):
+        """`push_to_hub`, ending with this model's card: `model_card` (markdown) if given, else the transformers-flex
+        card (`transformers-flex card`) of the local checkpoint it was loaded from, with its plot. transformers'
+        own push would upload the repo's existing card or a generic one instead; without a card of ours, it does.
+        Weights, config (with `auto_map`) and every portable code file go up in one commit."""
+        source = Path(str(self.config._name_or_path))
+        if model_card is None and (source / CARD_NAME).is_file():
+            text = (source / CARD_NAME).read_text()
+            model_card = text if CARD_TAG in text.split("---")[1 if text.startswith("---") else 0] else None
+        if model_card is None:
+            return super().push_to_hub(repo_id, *args, **kwargs)
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=kwargs.get("token"))
+        repo = api.create_repo(repo_id, private=kwargs.get("private"), exist_ok=True)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, max_shard_size=kwargs.get("max_shard_size", "50GB"))
+            Path(folder, CARD_NAME).write_text(model_card)
+            if (source / CARD_PLOT_NAME).is_file():  # the plot the card shows
+                shutil.copy(source / CARD_PLOT_NAME, Path(folder, CARD_PLOT_NAME))
+            return api.upload_folder(
+                repo_id=repo.repo_id,
+                folder_path=folder,
+                commit_message=kwargs.get("commit_message") or "Upload FlexBert model",
+                revision=kwargs.get("revision"),
+                create_pr=kwargs.get("create_pr", False),
+            )
 
     @staticmethod
     def _reject_head_mask(head_mask: torch.Tensor | None) -> None:

@@ -8,6 +8,7 @@ run as units of their own, which the trainer hands what they need: `ramps` train
 (`ramp_training.RampStage`), `gates` the width gates of a frozen model (`gate_training.GateStage`).
 """
 
+import os
 import random
 import time
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,7 @@ from transformers.utils import logging
 
 from .evaluation import subnet_grid
 from .gate_training import GateStage
+from .hub import CARD_NAME, card_for_run, save_code_files, trainer_run
 from .importance import compute_importance, graft
 from .losses import hidden_states_distillation, logits_distillation
 from .ramp_training import RampStage
@@ -350,6 +352,40 @@ class FlexTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    # --- the Hub ------------------------------------------------------------------------------------------------
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Trainer's repo set-up, plus the model's code files in `output_dir`: Trainer's checkpoint pushes copy only
+        config and weights there, so without this the first pushes of `hub_strategy="every_save"` could not load."""
+        super().init_hf_repo(token, private)
+        if self.is_world_process_zero():
+            save_code_files(self.flex_model, self.args.output_dir)
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """The transformers-flex card (every evaluated sub-network's latest dev metrics, FLOPs, the recipe) as
+        `output_dir/README.md`, in place of Trainer's generic one; Trainer's arguments fill its metadata."""
+        if not self.is_world_process_zero():
+            return
+        run = trainer_run(self)
+        if dataset is not None:
+            run.results["task"] = dataset if isinstance(dataset, str) else dataset[0]
+        tags = [tags] if isinstance(tags, str) else tags
+        metadata = {"language": language, "license": license, "base_model": finetuned_from}
+        card = card_for_run(run, model_name or self.hub_model_id, **metadata)
+        card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *(tags or [])]))
+        card.save(os.path.join(self.args.output_dir, CARD_NAME))
 
 
 __all__ = ["FlexTrainer", "grafting_steps", "sandwich_subnets", "stage_subnets"]
