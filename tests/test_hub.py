@@ -281,3 +281,19 @@ def test_trainer_pushes_carry_code_from_the_first_commit_and_end_with_our_card(t
         f"accuracy (width {width}, depth 1.0)": last[f"eval_w{width}_d1.0_accuracy"]
         for width in (1.0, 0.75, 0.5, 0.25)
     }
+
+
+def test_pipeline_pushes_its_final_checkpoint_once_at_the_end(classification_run, tmp_path):
+    """`--push_to_hub` on a finished run: no stage pushes or retrains; the final checkpoint and its card go up in
+    one commit (what a rerun after a failed push does too)."""
+    from transformers_flex.training_args import PIPELINE_STAGE
+    from transformers_flex.training_pipeline import main
+
+    run_dir, args = classification_run
+    weights = (run_dir / "gates" / "model.safetensors").read_bytes()
+    with local_hub(tmp_path / "hub") as hub:
+        main([*map(str, args), "--push_to_hub", "true", "--hub_model_id", "me/flex-pipeline"], PIPELINE_STAGE)
+        files, commits = hub.files("me/flex-pipeline"), hub.commits
+    assert list(commits) == ["me/flex-pipeline"] and len(commits["me/flex-pipeline"]) == 1
+    assert files["model.safetensors"] == weights and "transformers-flex" in files[CARD_NAME].decode()
+    assert (run_dir / "gates" / "model.safetensors").read_bytes() == weights

@@ -805,6 +805,7 @@ class FlexPipeline:
         stage_args.flex_stage = "final" if stage == "rewire" else stage
         stage_args.output_dir = str(self.output_dir / stage)
         stage_args.grafting = self.training_args.grafting and stage == "width"
+        stage_args.push_to_hub = False  # the run publishes its final checkpoint once, at its end (`publish`)
         for name, value in stage_hyperparameters(stage, self.training_args, self.pipeline_args).items():
             setattr(stage_args, name, value)
         return stage_args
@@ -953,7 +954,21 @@ def run(model_args, data_args, pipeline_args, training_args: FlexTrainingArgumen
         return run_single_stage(task, data, tokenizer, start, teacher, model_args, training_args)
     flex_pipeline = FlexPipeline(task, data, tokenizer, start, model_args, pipeline_args, training_args)
     summaries = flex_pipeline.run(stages)
-    return flex_pipeline.write_results(summaries, record["stages"])
+    results = flex_pipeline.write_results(summaries, record["stages"])
+    if training_args.push_to_hub:
+        publish(output_dir, training_args)
+    return results
+
+
+def publish(output_dir: Path, training_args: FlexTrainingArguments) -> None:
+    """`--push_to_hub`: the run's final checkpoint with its model card, to `--hub_model_id` (default: the output
+    directory's name), in one commit; a failed push leaves the run as it is, and rerunning the command retries it."""
+    from .hub import push_run
+
+    repo_id = training_args.hub_model_id or output_dir.resolve().name
+    private = bool(training_args.hub_private_repo)
+    url = push_run(output_dir, repo_id, private=private, token=training_args.hub_token)
+    logger.info("Pushed the final checkpoint and its model card to %s (%s)", repo_id, url)
 
 
 def run_single_stage(task, data, tokenizer, start, teacher, model_args, training_args) -> dict:
