@@ -246,6 +246,11 @@ def run_publish(args: argparse.Namespace) -> None:
         url = push_run(args.run_dir, args.repo_id, args.private, subnet, args.dynamic_results, args.token)
     except FlexHubError as error:
         raise SystemExit(str(error)) from None
+    except OSError as error:  # the Hub's HTTP errors, offline mode, a dropped connection
+        raise SystemExit(
+            f"The push to {args.repo_id} failed ({type(error).__name__}: {error}). Nothing was committed and the run "
+            "is unchanged; run the same command again to retry."
+        ) from None
     print(f"Pushed {args.run_dir} to {args.repo_id}: {url}")
 
 
