@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The SQuAD v1.1 run of docs/RESULTS.md §7 on a fixed subset of 3,000 training questions (windows of 384 tokens,
 # stride 128), evaluated during the run on 500 dev questions: the pipeline's teacher -> rewire -> width (grafting,
-# 2 epochs each), then width_depth as a single stage of 1 epoch (taught by the width model at full width), which is
-# what fits a 2-core CPU session.
+# 2 epochs each), then width_depth as a single stage of 1 epoch (taught by the width model at full width), then span
+# off-ramps and width gates on that model (into $OUTPUT_DIR/dynamic), which is what fits 2-core CPU sessions.
 # Attention dropout is off: on CPU, PyTorch's attention with dropout runs about twice as slowly (the plain-Trainer
 # baseline uses the same setting). Resumable: rerun the same command after an interruption. Usage: benchmarks/train_squad.sh [output_dir]
 set -euo pipefail
