@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset
-from test_pipeline import ENV, TINY_BUDGET, metric_keys, run_train
+from pipeline_runs import ENV, TINY_BUDGET, run_train
+from test_pipeline import metric_keys
 from transformers import AutoTokenizer, DataCollatorWithPadding, pipeline
 
 from transformers_flex import FlexBertForQuestionAnswering
