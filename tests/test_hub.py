@@ -16,6 +16,7 @@ import pytest
 import torch
 from hub_standin import local_hub
 from huggingface_hub import ModelCard
+from test_integration import BLOCK_PACKAGE
 from transformers import AutoTokenizer
 
 from transformers_flex import FlexBertForSequenceClassification
@@ -27,17 +28,8 @@ pytestmark = pytest.mark.integration
 CODE_FILES = {"configuration_flexbert.py", "modeling_flexbert.py", "flexbert_layers.py", "flexbert_engine.py"}
 TEXTS = ["a gripping , beautifully acted film .", "dull", "it is not a film i would see twice , or once ."]
 
-HUB_LOADER = textwrap.dedent(
+HUB_LOADER = BLOCK_PACKAGE + textwrap.dedent(
     """
-    import json, sys
-    import importlib.abc
-
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "transformers_flex":
-                raise ImportError("transformers_flex must not be importable here")
-
-    sys.meta_path.insert(0, BlockPackage())
     import torch
     import transformers
 

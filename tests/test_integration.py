@@ -97,7 +97,8 @@ def test_rewiring_keeps_outputs_and_sorts_importance(bert_checkpoint, tokenizer,
         torch.testing.assert_close(new, old.sort(descending=True).values, rtol=1e-3, atol=1e-6)
 
 
-REMOTE_LOADER = textwrap.dedent(
+# The first lines of every clean-process loader: transformers_flex cannot be imported after them.
+BLOCK_PACKAGE = textwrap.dedent(
     """
     import json, sys
     import importlib.abc
@@ -108,6 +109,10 @@ REMOTE_LOADER = textwrap.dedent(
                 raise ImportError("transformers_flex must not be importable here")
 
     sys.meta_path.insert(0, BlockPackage())
+    """
+)
+REMOTE_LOADER = BLOCK_PACKAGE + textwrap.dedent(
+    """
     import torch
     import transformers
 

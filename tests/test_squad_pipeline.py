@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 from pipeline_runs import ENV, TINY_BUDGET, run_train
+from test_integration import BLOCK_PACKAGE
 from test_pipeline import metric_keys
 from transformers import AutoTokenizer, DataCollatorWithPadding, pipeline
 
@@ -100,17 +101,8 @@ def test_batched_subnet_evaluation_reproduces_the_trainer(qa_run, squad_files):
     assert rows[0]["mean_flops"] > rows[1]["mean_flops"] > rows[2]["mean_flops"]
 
 
-CLEAN_PIPELINE = textwrap.dedent(
+CLEAN_PIPELINE = BLOCK_PACKAGE + textwrap.dedent(
     """
-    import json, sys
-    import importlib.abc
-
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "transformers_flex":
-                raise ImportError("transformers_flex must not be importable here")
-
-    sys.meta_path.insert(0, BlockPackage())
     from transformers import pipeline
 
     checkpoint, question, context = sys.argv[1:4]
