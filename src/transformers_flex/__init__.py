@@ -1,7 +1,8 @@
 """transformers-flex: one BERT checkpoint, every width and depth sub-network (DynaBERT / Flexible BERT).
 
 Importing the package registers `flexbert` with the Auto classes, so `AutoModel*.from_pretrained` on a FlexBert
-checkpoint works without `trust_remote_code`, and the `flex-question-answering` pipeline task.
+checkpoint works without `trust_remote_code`, and the pipeline tasks `flex-text-classification` and
+`flex-question-answering` (each a name of its own: registering a built-in task name would replace its pipeline).
 """
 
 from transformers import (
@@ -14,7 +15,10 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_flexbert import FlexBertConfig
 from .export import to_bert
-from .flexbert_qa import PIPELINE_TASK, FlexBertQuestionAnsweringPipeline
+from .flexbert_classification import PIPELINE_TASK as CLASSIFICATION_TASK
+from .flexbert_classification import FlexBertTextClassificationPipeline
+from .flexbert_qa import PIPELINE_TASK as QUESTION_ANSWERING_TASK
+from .flexbert_qa import FlexBertQuestionAnsweringPipeline
 from .flops import paper_flops, subnet_flops, subnet_num_parameters
 from .importance import Importance, compute_importance, graft, rewire
 from .modeling_flexbert import (
@@ -34,9 +38,15 @@ AutoModel.register(FlexBertConfig, FlexBertModel, exist_ok=True)
 AutoModelForSequenceClassification.register(FlexBertConfig, FlexBertForSequenceClassification, exist_ok=True)
 AutoModelForQuestionAnswering.register(FlexBertConfig, FlexBertForQuestionAnswering, exist_ok=True)
 
-# transformers 5.24 has no question-answering pipeline and refuses that task name: ours has a name of its own.
+# Our pipelines under names of their own: registering "text-classification" would replace that pipeline for every
+# model, and transformers 5.24 has no question-answering pipeline and refuses that task name.
 PIPELINE_REGISTRY.register_pipeline(
-    PIPELINE_TASK, pipeline_class=FlexBertQuestionAnsweringPipeline, pt_model=AutoModelForQuestionAnswering
+    CLASSIFICATION_TASK,
+    pipeline_class=FlexBertTextClassificationPipeline,
+    pt_model=AutoModelForSequenceClassification,
+)
+PIPELINE_REGISTRY.register_pipeline(
+    QUESTION_ANSWERING_TASK, pipeline_class=FlexBertQuestionAnsweringPipeline, pt_model=AutoModelForQuestionAnswering
 )
 
 # Saving copies the portable code files into the checkpoint, so users without this package can load it.
@@ -63,4 +73,5 @@ __all__ = [
     "FlexBertModel",
     "FlexBertPreTrainedModel",
     "FlexBertQuestionAnsweringPipeline",
+    "FlexBertTextClassificationPipeline",
 ]

@@ -420,16 +420,15 @@ def trainer_run(trainer) -> Run:
 
 
 def save_code_files(model, folder: str | Path) -> None:
-    """The portable code files a checkpoint of `model` carries (the modeling file and every sibling it imports; a QA
-    model's pipeline file too), written into `folder` without the weights."""
+    """The portable code files a checkpoint of `model` carries (the modeling file and every sibling it imports, and
+    its head's pipeline file), written into `folder` without the weights."""
     from transformers.dynamic_module_utils import custom_object_save
-
-    from .flexbert_qa import FlexBertQuestionAnsweringPipeline
 
     Path(folder).mkdir(parents=True, exist_ok=True)
     custom_object_save(model, str(folder), config=model.config)
-    if head_of(model.config) == "question_answering":
-        custom_object_save(FlexBertQuestionAnsweringPipeline, str(folder))
+    pipeline = model.head_pipeline()
+    if pipeline is not None:
+        custom_object_save(pipeline[1], str(folder))
 
 
 def write_model_card(

@@ -194,16 +194,31 @@ class FlexBertPreTrainedModel(PreTrainedModel):
 
     # --- shared forward pieces ---------------------------------------------------------------------------------
 
+    def head_pipeline(self) -> tuple[dict, type] | None:
+        """The pipeline of this head: the `custom_pipelines` entry its config names and the pipeline class, whose
+        file every checkpoint carries (`None`: the bare encoder has no pipeline)."""
+        return None
+
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, refusing a config whose `gate_widths` no longer match the gates (the
-        checkpoint would not load)."""
+        """`PreTrainedModel.save_pretrained`, plus the head's pipeline (`head_pipeline`): its code file goes into the
+        checkpoint and the config names it in `custom_pipelines`, so that `pipeline(<its task>, model=<checkpoint>,
+        trust_remote_code=True)` works without this package. Refuses a config whose `gate_widths` no longer match
+        the gates (the checkpoint would not load)."""
+        from transformers.dynamic_module_utils import custom_object_save
+
         for gate in getattr(self, "width_gates", {}).values():
             if gate.classifier.out_features != len(self.config.gate_widths):
                 raise ValueError(
                     f"The width gates have {gate.classifier.out_features} classes but `config.gate_widths` lists "
                     f"{len(self.config.gate_widths)} widths: give one width per class before saving."
                 )
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        pipeline = self.head_pipeline()
+        if pipeline is not None:
+            self.config.custom_pipelines = {**getattr(self.config, "custom_pipelines", {}), **pipeline[0]}
+        output = super().save_pretrained(save_directory, *args, **kwargs)
+        if pipeline is not None and kwargs.get("is_main_process", True):
+            custom_object_save(pipeline[1], save_directory)
+        return output
 
     def push_to_hub(self, repo_id: str, *args, model_card: str | None = None, **kwargs):
         """`push_to_hub`, ending with this model's card: `model_card` (markdown) if given, else the transformers-flex
@@ -436,6 +451,12 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
     def cls_state_layers(self) -> Sequence[int]:
         return () if self.layer_mix is None else self.layer_mix.layers
 
+    def head_pipeline(self) -> tuple[dict, type]:
+        # Imported here: the pipelines machinery is only needed when saving (and remote code stays light to load).
+        from .flexbert_classification import CUSTOM_PIPELINES, FlexBertTextClassificationPipeline
+
+        return CUSTOM_PIPELINES, FlexBertTextClassificationPipeline
+
     def check_exit_settings(self, criterion: str, use_ramps: bool) -> None:
         super().check_exit_settings(criterion, use_ramps)
         if use_ramps and len(self.off_ramps) and self.num_labels == 1 and criterion != "patience":
@@ -603,20 +624,11 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.span_loss(logits, labels)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the question-answering pipeline: its code file (`flexbert_qa.py`)
-        goes into the checkpoint and the config names it in `custom_pipelines`, so that
-        `pipeline("flex-question-answering", model=<checkpoint>, trust_remote_code=True)` works without this
-        package."""
-        from transformers.dynamic_module_utils import custom_object_save
-
+    def head_pipeline(self) -> tuple[dict, type]:
+        # Imported here: the pipelines machinery is only needed when saving (and remote code stays light to load).
         from .flexbert_qa import CUSTOM_PIPELINES, FlexBertQuestionAnsweringPipeline
 
-        self.config.custom_pipelines = {**getattr(self.config, "custom_pipelines", {}), **CUSTOM_PIPELINES}
-        output = super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            custom_object_save(FlexBertQuestionAnsweringPipeline, save_directory)
-        return output
+        return CUSTOM_PIPELINES, FlexBertQuestionAnsweringPipeline
 
     # --- the dynamic engine's hooks (flexbert_engine.py) -------------------------------------------------------
 
