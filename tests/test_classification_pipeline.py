@@ -7,11 +7,11 @@ in a process without the package."""
 import json
 import os
 import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+from interpreters import INTERPRETERS
 from test_integration import BLOCK_PACKAGE
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, pipeline
 from transformers.pipelines.text_classification import TextClassificationPipeline
@@ -164,7 +164,8 @@ REMOTE_PIPELINE = BLOCK_PACKAGE + textwrap.dedent(
 )
 
 
-def test_a_saved_checkpoint_runs_the_pipeline_without_the_package(model, tokenizer, threshold, tmp_path):
+@pytest.mark.parametrize("python", INTERPRETERS)
+def test_a_saved_checkpoint_runs_the_pipeline_without_the_package(model, tokenizer, threshold, tmp_path, python):
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
@@ -173,7 +174,7 @@ def test_a_saved_checkpoint_runs_the_pipeline_without_the_package(model, tokeniz
     assert custom["flex-text-classification"]["impl"] == "flexbert_classification.FlexBertTextClassificationPipeline"
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run(
-        [sys.executable, "-c", REMOTE_PIPELINE, str(checkpoint), json.dumps(TEXTS), str(threshold)],
+        [python, "-c", REMOTE_PIPELINE, str(checkpoint), json.dumps(TEXTS), str(threshold)],
         capture_output=True,
         text=True,
         env=env,

@@ -16,8 +16,10 @@ import pytest
 import torch
 from hub_standin import local_hub
 from huggingface_hub import ModelCard
+from interpreters import INTERPRETERS, OLDEST_PYTHON, lowest_allowed_transformers, transformers_version
+from packaging.version import Version
 from test_integration import BLOCK_PACKAGE
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, pipeline
 
 from transformers_flex import FlexBertForSequenceClassification
 from transformers_flex.cli import main as cli_main
@@ -33,7 +35,7 @@ HUB_LOADER = BLOCK_PACKAGE + textwrap.dedent(
     import torch
     import transformers
 
-    repo_id, width, inputs = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
+    repo_id, width, inputs, texts = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
     batch = {key: torch.tensor(value) for key, value in inputs.items()}
     config = transformers.AutoConfig.from_pretrained(repo_id, trust_remote_code=True)
     encoder = transformers.AutoModel.from_pretrained(repo_id, trust_remote_code=True).eval()
@@ -49,17 +51,23 @@ HUB_LOADER = BLOCK_PACKAGE + textwrap.dedent(
         dynamic = model.dynamic_forward(**batch, threshold=0.5)
         out |= {"dynamic_logits": dynamic.logits.tolist(), "exit_layers": dynamic.exit_layers.tolist()}
         out["layer_widths"] = dynamic.layer_widths.tolist()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(repo_id, trust_remote_code=True)
+    out["tokenizer_inputs"] = sorted(tokenizer(texts[0], texts[1]).keys())  # a pair needs its segment ids
+    classifier = transformers.pipeline("flex-text-classification", model=repo_id, trust_remote_code=True)
+    out["pipeline"] = classifier(texts, dynamic=True, threshold=0.5, batch_size=len(texts))
     print(json.dumps(out))
     """
 )
 
 
-def load_pushed(repo_id: str, cache: Path, batch: dict, tmp_path: Path, width: float = 0.5) -> dict:
-    """Load `repo_id` from the stand-in's cache in a process without the package; its outputs."""
+def load_pushed(
+    repo_id: str, cache: Path, batch: dict, tmp_path: Path, width: float = 0.5, python: str = sys.executable
+) -> dict:
+    """Load `repo_id` from the stand-in's cache in a `python` process without the package; its outputs."""
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_MODULES_CACHE": str(tmp_path / "mod")}
     encoded = json.dumps({key: value.tolist() for key, value in batch.items()})
     result = subprocess.run(
-        [sys.executable, "-c", HUB_LOADER, repo_id, str(width), encoded],
+        [python, "-c", HUB_LOADER, repo_id, str(width), encoded, json.dumps(TEXTS)],
         capture_output=True,
         text=True,
         env=env,
@@ -122,7 +130,8 @@ def test_card_of_a_run_loads_and_its_numbers_are_the_runs(classification_run):
     assert "transformers-flex" in card.data.tags and card.data.library_name == "transformers"
 
 
-def test_pushed_run_loads_without_the_package_and_matches(classification_run, batch, tmp_path):
+@pytest.mark.parametrize("python", INTERPRETERS)
+def test_pushed_run_loads_without_the_package_and_matches(classification_run, batch, tmp_path, python):
     run_dir, _ = classification_run
     with local_hub(tmp_path / "hub") as hub:
         url = push_run(run_dir, "me/flex-reviews")
@@ -134,7 +143,7 @@ def test_pushed_run_loads_without_the_package_and_matches(classification_run, ba
     assert not any(name.startswith("checkpoint-") or name == "training_args.bin" for name in files)
     assert len(hub.commits["me/flex-reviews"]) == 1  # one commit: weights, code and card together
     assert card.text == ModelCard.load(run_dir / "gates" / CARD_NAME).text
-    loaded = load_pushed("me/flex-reviews", tmp_path / "hub", batch, tmp_path)
+    loaded = load_pushed("me/flex-reviews", tmp_path / "hub", batch, tmp_path, python=python)
     assert loaded["module"].startswith("transformers_modules") and loaded["config"] == "FlexBertConfig"
     model = FlexBertForSequenceClassification.from_pretrained(run_dir / "gates").eval()
     with torch.no_grad():
@@ -147,6 +156,20 @@ def test_pushed_run_loads_without_the_package_and_matches(classification_run, ba
     assert torch.allclose(torch.tensor(loaded["dynamic_logits"]), dynamic.logits, atol=1e-5)
     assert loaded["exit_layers"] == dynamic.exit_layers.tolist()
     assert loaded["layer_widths"] == dynamic.layer_widths.tolist()
+    assert loaded["tokenizer_inputs"] == ["attention_mask", "input_ids", "token_type_ids"]
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "gates")
+    classifier = pipeline("flex-text-classification", model=model, tokenizer=tokenizer)
+    local = classifier(TEXTS, dynamic=True, threshold=0.5)
+    for remote, here in zip(loaded["pipeline"], local, strict=True):
+        assert remote["label"] == here["label"] and remote["score"] == pytest.approx(here["score"], abs=1e-5)
+        assert (remote["exit_layer"], remote["layer_widths"]) == (here["exit_layer"], here["layer_widths"])
+        assert remote["flops"] == pytest.approx(here["flops"], rel=1e-9)
+
+
+@pytest.mark.skipif(not OLDEST_PYTHON, reason="FLEX_OLDEST_PYTHON unset: `make test` builds that venv")
+def test_the_oldest_interpreter_runs_the_lowest_transformers_pyproject_allows():
+    """The `oldest-transformers` loads above ran on exactly the version pyproject.toml promises downloaders."""
+    assert Version(transformers_version(OLDEST_PYTHON)) == Version(lowest_allowed_transformers())
 
 
 def test_pushed_subnet_is_the_sliced_subnetwork(classification_run, batch, tmp_path):

@@ -5,12 +5,12 @@ answers questions through the `flex-question-answering` pipeline in a process wi
 
 import json
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 from datasets import Dataset
+from interpreters import INTERPRETERS
 from pipeline_runs import ENV, TINY_BUDGET, run_train
 from test_integration import BLOCK_PACKAGE
 from test_pipeline import metric_keys
@@ -112,11 +112,12 @@ CLEAN_PIPELINE = BLOCK_PACKAGE + textwrap.dedent(
 )
 
 
-def test_final_checkpoint_answers_through_the_pipeline_without_the_package(qa_run, squad_files, tmp_path):
+@pytest.mark.parametrize("python", INTERPRETERS)
+def test_final_checkpoint_answers_through_the_pipeline_without_the_package(qa_run, squad_files, tmp_path, python):
     checkpoint = qa_run / "width_depth"
     assert "flexbert_qa.py" in {path.name for path in checkpoint.iterdir()}
     example = dev_examples(squad_files)[0]
-    command = [sys.executable, "-c", CLEAN_PIPELINE, str(checkpoint), example["question"], example["context"]]
+    command = [python, "-c", CLEAN_PIPELINE, str(checkpoint), example["question"], example["context"]]
     env = ENV | {"HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

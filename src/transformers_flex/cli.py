@@ -57,17 +57,17 @@ def run_demo(args: argparse.Namespace) -> dict:
     import copy
 
     from torch.utils.data import DataLoader
-    from transformers import AutoTokenizer, DataCollatorWithPadding, set_seed
+    from transformers import DataCollatorWithPadding, set_seed
 
     from .evaluation import evaluate_subnets, predict, subnet_grid, subnet_latencies
     from .importance import compute_importance, rewire
     from .training_pipeline import DataArguments, load_model, make_trainer, prepare_data
-    from .utils import default_backbone_path
+    from .utils import default_backbone_path, load_tokenizer
 
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     backbone = args.model or default_backbone_path()
-    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    tokenizer = load_tokenizer(backbone)
     data_args = DataArguments(
         task_name="sst2",
         data_dir=args.data_dir,
@@ -180,11 +180,11 @@ def run_export(args: argparse.Namespace) -> None:
         AutoModel,
         AutoModelForQuestionAnswering,
         AutoModelForSequenceClassification,
-        AutoTokenizer,
     )
 
     from . import FlexBertConfig
     from .export import to_bert
+    from .utils import load_tokenizer
 
     config = AutoConfig.from_pretrained(args.checkpoint)
     if config.model_type != FlexBertConfig.model_type:
@@ -198,7 +198,7 @@ def run_export(args: argparse.Namespace) -> None:
     exported = to_bert(model, args.width, args.depth) if args.as_bert else model.export_subnet(args.width, args.depth)
     exported.save_pretrained(args.output_dir)
     try:
-        AutoTokenizer.from_pretrained(args.checkpoint).save_pretrained(args.output_dir)
+        load_tokenizer(args.checkpoint).save_pretrained(args.output_dir)
     except (OSError, ValueError):
         print("No tokenizer found beside the checkpoint; only the model was written.")
     print(f"Wrote {type(exported).__name__} ({exported.num_parameters():,} parameters) to {args.output_dir}.")

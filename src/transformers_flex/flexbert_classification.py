@@ -8,12 +8,15 @@ the call (`width=`, `depth=`) and dynamic inference (`dynamic=True`, with the ex
 it exited after, the width every layer ran at and its FLOPs. It has a task name of its own because registering a
 pipeline under a built-in name ("text-classification") would replace that pipeline for every model.
 
-Part of the portable unit copied into every sequence-classification checkpoint: imports only torch/transformers.
+Part of the portable unit copied into every sequence-classification checkpoint: imports only transformers and
+`flexbert_qa.py` (its tokenizer fix).
 """
 
 from typing import Any
 
 from transformers.pipelines.text_classification import TextClassificationPipeline
+
+from .flexbert_qa import keep_segment_ids
 
 PIPELINE_TASK = "flex-text-classification"
 # What a classification checkpoint's config names for `trust_remote_code` users (`pipeline(model=<checkpoint>)`).
@@ -41,6 +44,10 @@ class FlexBertTextClassificationPipeline(TextClassificationPipeline):
     and widths it gets alone. Dynamic results carry `exit_layer` (1-based), `layer_widths` (0 for layers not run)
     and `flops` (at the input's real length) in every returned dict.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        keep_segment_ids(self.tokenizer, self.model)
 
     def check_model_type(self, supported_models) -> None:
         """Accept any sequence-classification model: the base check lists only built-in architectures, so it

@@ -72,6 +72,15 @@ def truncate_questions(questions: Sequence[str], tokenizer: PreTrainedTokenizerB
     return cut
 
 
+def keep_segment_ids(tokenizer: PreTrainedTokenizerBase, model) -> None:
+    """Make `tokenizer` return BERT's segment ids for a FlexBert `model`. Older transformers 5 releases (5.0
+    measured) load a generic tokenizer for a checkpoint of a model type they do not know, and its default inputs lack
+    `token_type_ids`, so text pairs and QA windows would run as one segment."""
+    names = list(tokenizer.model_input_names)
+    if getattr(model.config, "model_type", None) == "flexbert" and "token_type_ids" not in names:
+        tokenizer.model_input_names = [*names, "token_type_ids"]
+
+
 def context_sequence_index(tokenizer: PreTrainedTokenizerBase) -> int:
     """Which sequence of the pair is the context: the second when padding is on the right (BERT), else the first,
     so that truncation and padding both happen at the context's far end (as run_qa.py does)."""
@@ -206,6 +215,7 @@ class FlexBertQuestionAnsweringPipeline(ChunkPipeline):
         super().__init__(*args, **kwargs)
         if self.tokenizer is None:
             raise ValueError("The flex-question-answering pipeline needs the model's tokenizer.")
+        keep_segment_ids(self.tokenizer, self.model)
 
     def _sanitize_parameters(
         self,
@@ -336,6 +346,7 @@ __all__ = [
     "check_texts",
     "context_sequence_index",
     "context_token_range",
+    "keep_segment_ids",
     "question_token_budget",
     "rank_spans",
     "softmax_scores",

@@ -23,6 +23,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from .configuration_flexbert import FlexBertConfig
 from .flops import paper_flops
 from .modeling_flexbert import CARD_NAME, CARD_PLOT_NAME, CARD_TAG
+from .utils import load_tokenizer
 
 TEMPLATE_NAME = "flexbert.md"
 CARD_TAGS = (CARD_TAG, "flexbert", "dynabert", "dynamic-inference")
@@ -486,8 +487,6 @@ def push_run(
 
 def export_for_push(run: Run, subnet: tuple[float, float], folder: Path, repo_id: str) -> Path:
     """The static `subnet` of the run's final model as a compact FlexBert checkpoint with tokenizer and card."""
-    from transformers import AutoTokenizer
-
     from .modeling_flexbert import FlexBertForQuestionAnswering, FlexBertForSequenceClassification
 
     is_qa = head_of(run.config) == "question_answering"
@@ -496,7 +495,7 @@ def export_for_push(run: Run, subnet: tuple[float, float], folder: Path, repo_id
     )
     width, depth = subnet
     model.export_subnet(width, depth).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(run.checkpoint).save_pretrained(folder)
+    load_tokenizer(run.checkpoint).save_pretrained(folder)
     build_model_card(run.run_dir, repo_id, subnet=subnet).save(folder / CARD_NAME)
     shutil.copy(run.checkpoint / CARD_PLOT_NAME, folder / CARD_PLOT_NAME)
     return folder

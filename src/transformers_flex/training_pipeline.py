@@ -34,7 +34,7 @@ from pathlib import Path
 
 from datasets import DatasetDict, load_dataset
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding, HfArgumentParser, TrainerState, set_seed
+from transformers import AutoConfig, DataCollatorWithPadding, HfArgumentParser, TrainerState, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
@@ -46,7 +46,7 @@ from .squad import DOC_STRIDE, HUB_SQUAD, MAX_ANSWER_LENGTH, N_BEST_SIZE, SquadM
 from .tasks import SQUAD_TASK, FlexDataError, FlexTask, check_splits, resolve_task
 from .trainer import FlexTrainer
 from .training_args import PIPELINE_STAGE, FlexTrainingArguments
-from .utils import default_backbone_path
+from .utils import default_backbone_path, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -948,7 +948,7 @@ def run(model_args, data_args, pipeline_args, training_args: FlexTrainingArgumen
     args = (model_args, data_args, pipeline_args, training_args)
     config = build_run_config(task, stages, start, args)
     record = prepare_output_dir(output_dir, config, pipeline_args.overwrite_output_dir)
-    tokenizer = AutoTokenizer.from_pretrained(start)
+    tokenizer = load_tokenizer(start)  # its input names travel with every stage's checkpoint
     data = tokenize_splits(splits, task, tokenizer, data_args.max_seq_length)
     if not pipeline:
         return run_single_stage(task, data, tokenizer, start, teacher, model_args, training_args)
