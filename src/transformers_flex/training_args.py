@@ -13,6 +13,11 @@ FROZEN_BACKBONE_RAMP_TRAINING = ("two_stage", "self_distill")
 # "all" runs a pipeline of stages (teacher -> rewire -> width (+ grafting) -> width_depth -> ramps -> gates), one
 # trainer each: `transformers_flex.training_pipeline` (`transformers-flex train`, examples/run_glue_flex.py).
 PIPELINE_STAGE = "all"
+PIPELINE_STAGES = ("teacher", "rewire", "width", "width_depth", "ramps", "gates")  # in pipeline order
+# The files of a pipeline run directory (read back by transformers_flex.hub).
+RUN_CONFIG_NAME = "run_config.json"
+RESULTS_NAME = "results.json"
+STAGE_RESULTS_NAME = "stage_results.json"
 SUBNET_SAMPLING = ("all", "sandwich")
 TEACHER_WIDTHS = ("full", "same")
 GRAFTING_ALPHA_MODES = ("fixed", "entropy")
@@ -168,4 +173,13 @@ class FlexTrainingArguments(TrainingArguments):
         )
 
 
-__all__ = ["FLEX_STAGES", "PIPELINE_STAGE", "RAMP_TRAINING", "FlexTrainingArguments"]
+__all__ = [
+    "FLEX_STAGES",
+    "PIPELINE_STAGE",
+    "PIPELINE_STAGES",
+    "RAMP_TRAINING",
+    "RESULTS_NAME",
+    "RUN_CONFIG_NAME",
+    "STAGE_RESULTS_NAME",
+    "FlexTrainingArguments",
+]

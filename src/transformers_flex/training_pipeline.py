@@ -45,17 +45,20 @@ from .modeling_flexbert import FlexBertForQuestionAnswering, FlexBertForSequence
 from .squad import DOC_STRIDE, HUB_SQUAD, MAX_ANSWER_LENGTH, N_BEST_SIZE, SquadMetrics, load_squad
 from .tasks import SQUAD_TASK, FlexDataError, FlexTask, check_splits, resolve_task
 from .trainer import FlexTrainer
-from .training_args import PIPELINE_STAGE, FlexTrainingArguments
+from .training_args import (
+    PIPELINE_STAGE,
+    PIPELINE_STAGES,
+    RESULTS_NAME,
+    RUN_CONFIG_NAME,
+    STAGE_RESULTS_NAME,
+    FlexTrainingArguments,
+)
 from .utils import default_backbone_path, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_STAGES = ("teacher", "rewire", "width", "width_depth", "ramps", "gates")
 # Stages that distil from their input model, which must therefore have a trained head.
 DISTILLATION_STAGES = ("width", "width_depth")
-RUN_CONFIG_NAME = "run_config.json"
-RESULTS_NAME = "results.json"
-STAGE_RESULTS_NAME = "stage_results.json"
 PREDICTIONS_NAME = "predictions.json"  # extractive QA: each evaluated model's dev answers
 # A checkpoint passed over as incomplete is renamed with this prefix (kept for inspection, never resumed from).
 INCOMPLETE_PREFIX = "incomplete-"
