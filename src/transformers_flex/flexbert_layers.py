@@ -180,6 +180,55 @@ class FlexBertEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(embeddings))
 
 
+def sliced_linear(linear: nn.Module, inputs: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """`linear` restricted to its first `rows` outputs (all when None) and to the first `inputs.shape[-1]` input
+    columns: the weight and bias prefixes a sub-network runs. A LoRA wrapper that peft put around `linear` takes part
+    with the matching slices of its adapters, as it does at full width (`sliced_lora_update`)."""
+    base = getattr(linear, "base_layer", linear)  # peft keeps the wrapped nn.Linear as `base_layer`
+    rows = base.out_features if rows is None else rows
+    columns = inputs.shape[-1]
+    if rows == base.out_features and columns == base.in_features:
+        return linear(inputs)  # the whole layer: the module itself, adapters run exactly as peft runs them
+    bias = None if base.bias is None else base.bias[:rows]
+    output = F.linear(inputs, base.weight[:rows, :columns], bias)  # prefixes of the weight are views
+    update = None if base is linear else sliced_lora_update(linear, inputs, rows, columns)
+    return output if update is None else output + update.to(output.dtype)
+
+
+def sliced_lora_update(wrapper: nn.Module, inputs: torch.Tensor, rows: int, columns: int) -> torch.Tensor | None:
+    """What the active LoRA adapters of a peft wrapper add to a sliced layer: `scale * B[:rows] A[:, :columns] x`
+    (plus B's bias rows), the slice of the full layer's update `scale * B A x`; None when they add nothing. Other
+    adapter types and LoRA variants (DoRA's magnitude normalises whole weight columns) cannot be sliced: a clear
+    error, never a silent bypass."""
+    is_lora_linear = type(wrapper).__name__ == "Linear" and type(wrapper).__module__.startswith("peft.tuners.lora")
+    if not is_lora_linear:
+        raise NotImplementedError(
+            f"A {type(wrapper).__module__}.{type(wrapper).__name__} wraps a layer that this sub-network slices; below "
+            "full width FlexBert supports peft's LoRA on nn.Linear modules (`target_modules`) only."
+        )
+    if wrapper.disable_adapters:
+        if wrapper.merged:
+            wrapper.unmerge()  # as peft's own forward does: the base weights must not hold the adapters
+        return None
+    if wrapper.merged:
+        return None  # the base weights hold `B A`: their slices are already the sub-network's update
+    update = None
+    for name in wrapper.active_adapters:
+        if name not in wrapper.lora_A:
+            continue
+        if name in getattr(wrapper, "lora_variant", {}):
+            raise NotImplementedError(
+                f"LoRA adapter {name!r} is a variant (e.g. DoRA) whose update needs the whole weight: it cannot run "
+                "below full width. Use plain LoRA, or run this model at width 1.0."
+            )
+        down, up = wrapper.lora_A[name], wrapper.lora_B[name]
+        hidden = F.linear(wrapper.lora_dropout[name](inputs.to(down.weight.dtype)), down.weight[:, :columns])
+        up_bias = None if up.bias is None else up.bias[:rows]  # `lora_bias=True` gives B a bias
+        adapter_update = F.linear(hidden, up.weight[:rows], up_bias) * wrapper.scaling[name]
+        update = adapter_update if update is None else update + adapter_update
+    return update
+
+
 class FlexBertSelfAttention(nn.Module):
     """Multi-head self-attention that runs the first `heads` of its heads (all by default)."""
 
@@ -195,11 +244,7 @@ class FlexBertSelfAttention(nn.Module):
 
     def _project(self, linear: nn.Linear, hidden_states: torch.Tensor, heads: int) -> torch.Tensor:
         """Apply `linear` for the first `heads` heads only, as (batch, heads, length, head_size)."""
-        if heads == self.num_heads:
-            projected = linear(hidden_states)  # the module itself, so adapters wrapping it (LoRA) take part
-        else:
-            rows = heads * self.head_size  # a row prefix of the weight is a contiguous view
-            projected = F.linear(hidden_states, linear.weight[:rows], linear.bias[:rows])
+        projected = sliced_linear(linear, hidden_states, rows=heads * self.head_size)
         batch_size, seq_length, _ = hidden_states.shape
         return projected.view(batch_size, seq_length, heads, self.head_size).transpose(1, 2)
 
@@ -229,13 +274,6 @@ class FlexBertSelfAttention(nn.Module):
         return context, (probs if output_attentions else None)
 
 
-def _input_prefix_linear(linear: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
-    """Apply `linear` to inputs that may be narrower than its input size, using the first columns of its weight."""
-    if inputs.shape[-1] == linear.in_features:
-        return linear(inputs)  # the module itself, so adapters wrapping it (LoRA) take part
-    return F.linear(inputs, linear.weight[:, : inputs.shape[-1]], linear.bias)
-
-
 class FlexBertSelfOutput(nn.Module):
     """Attention output projection (its input width follows the active heads), residual, LayerNorm."""
 
@@ -246,7 +284,7 @@ class FlexBertSelfOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(_input_prefix_linear(self.dense, context)) + residual)
+        return self.LayerNorm(self.dropout(sliced_linear(self.dense, context)) + residual)
 
 
 class FlexBertAttention(nn.Module):
@@ -275,11 +313,7 @@ class FlexBertIntermediate(nn.Module):
         self.intermediate_act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, hidden_states: torch.Tensor, neurons: int | None = None) -> torch.Tensor:
-        if neurons is None or neurons == self.dense.out_features:
-            projected = self.dense(hidden_states)
-        else:
-            projected = F.linear(hidden_states, self.dense.weight[:neurons], self.dense.bias[:neurons])
-        return self.intermediate_act_fn(projected)
+        return self.intermediate_act_fn(sliced_linear(self.dense, hidden_states, rows=neurons))
 
 
 class FlexBertOutput(nn.Module):
@@ -292,7 +326,7 @@ class FlexBertOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, intermediate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(_input_prefix_linear(self.dense, intermediate)) + residual)
+        return self.LayerNorm(self.dropout(sliced_linear(self.dense, intermediate)) + residual)
 
 
 class FlexBertLayer(nn.Module):
@@ -545,6 +579,8 @@ __all__ = [
     "heads_for_width",
     "kept_layer_indices",
     "last_real_column",
+    "sliced_linear",
+    "sliced_lora_update",
     "layer_macs",
     "neurons_for_heads",
     "subnet_layer_shapes",

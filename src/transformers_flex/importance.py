@@ -44,6 +44,15 @@ def _layers(model: FlexBertPreTrainedModel) -> list[FlexBertLayer]:
     return list(model.base_model.encoder.layer)
 
 
+def _refuse_adapters(model: torch.nn.Module, action: str) -> None:
+    """Rewiring and grafting rewrite the frozen base weights that attached adapters (peft) were made for."""
+    if any(hasattr(module, "base_layer") for module in model.modules()):  # peft's wrappers keep the layer there
+        raise ValueError(
+            f"{action} rewrites the base weights under the attached adapters: {action.lower()} the model first, "
+            "then attach adapters (peft.get_peft_model)."
+        )
+
+
 def _gate_heads(layer: FlexBertLayer, gate: torch.Tensor) -> torch.utils.hooks.RemovableHandle:
     """Multiply each head's context vectors by its entry of `gate` (before the attention output projection)."""
     head_size = layer.attention.self.head_size
@@ -145,6 +154,7 @@ def rewire(model: FlexBertPreTrainedModel, importance: Importance) -> Importance
 
     Returns the importance in the new order (each layer sorted descending).
     """
+    _refuse_adapters(model, "Rewiring")
     layers = _layers(model)
     if len(importance.heads) != len(layers) or len(importance.neurons) != len(layers):
         raise ValueError(
@@ -261,6 +271,7 @@ def graft_layer(
 
 def graft(model: FlexBertPreTrainedModel, importance: Importance, alpha: float | None = 0.1, entropy_c: float = 500.0):
     """Layer-wise neural grafting of every layer (see the module docstring); `alpha=None` adapts it by entropy."""
+    _refuse_adapters(model, "Grafting")
     layers = _layers(model)
     if len(importance.heads) != len(layers):
         raise ValueError(f"Importance covers {len(importance.heads)} layers but the model has {len(layers)}.")

@@ -135,8 +135,9 @@ class FlexTrainer(Trainer):
 
     @property
     def flex_model(self) -> nn.Module:
-        """The FlexBert student, unwrapped from DDP/compile wrappers."""
-        return self.accelerator.unwrap_model(self.model)
+        """The FlexBert student, unwrapped from DDP/compile wrappers and from a peft model (adapters stay in it)."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     def step_subnets(self) -> list[Subnet]:
         """The sub-networks trained this step; sandwich draws depend on (seed, step) only, so resumes and DDP ranks
