@@ -171,10 +171,14 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--depth", type=float, default=1.0)
     parser.add_argument("--as-bert", action="store_true", help="Write a plain BERT checkpoint (full width only).")
+    parser.add_argument(
+        "--onnx", action="store_true", help="Write an ONNX graph (model.onnx) with its config and tokenizer instead."
+    )
 
 
 def run_export(args: argparse.Namespace) -> None:
-    """Write the (width, depth) sub-network of a checkpoint as a compact FlexBert or a plain BERT checkpoint."""
+    """Write the (width, depth) sub-network of a checkpoint as a compact FlexBert or a plain BERT checkpoint, or as
+    an ONNX graph."""
     from transformers import (
         AutoConfig,
         AutoModel,
@@ -183,7 +187,7 @@ def run_export(args: argparse.Namespace) -> None:
     )
 
     from . import FlexBertConfig
-    from .export import to_bert
+    from .export import export_onnx, to_bert
     from .utils import load_tokenizer
 
     config = AutoConfig.from_pretrained(args.checkpoint)
@@ -196,12 +200,18 @@ def run_export(args: argparse.Namespace) -> None:
     }.get(architecture, AutoModel)
     model = auto_class.from_pretrained(args.checkpoint)
     exported = to_bert(model, args.width, args.depth) if args.as_bert else model.export_subnet(args.width, args.depth)
-    exported.save_pretrained(args.output_dir)
+    if args.onnx:
+        graph = export_onnx(model, Path(args.output_dir) / "model.onnx", args.width, args.depth)
+        exported.config.save_pretrained(args.output_dir)  # labels and shapes beside the graph
+        print(f"Wrote {graph} (width {args.width}, depth {args.depth}).")
+    else:
+        exported.save_pretrained(args.output_dir)
     try:
         load_tokenizer(args.checkpoint).save_pretrained(args.output_dir)
     except (OSError, ValueError):
         print("No tokenizer found beside the checkpoint; only the model was written.")
-    print(f"Wrote {type(exported).__name__} ({exported.num_parameters():,} parameters) to {args.output_dir}.")
+    if not args.onnx:
+        print(f"Wrote {type(exported).__name__} ({exported.num_parameters():,} parameters) to {args.output_dir}.")
 
 
 def add_publish_arguments(parser: argparse.ArgumentParser, push: bool) -> None:

@@ -1,5 +1,11 @@
-"""Static export: a FlexBert sub-network as a plain `BertFor*` model that loads without this package."""
+"""Static export: a FlexBert sub-network as a plain `BertFor*` model that loads without this package, or as an ONNX
+graph that runs without PyTorch (ONNX Runtime)."""
 
+import inspect
+from pathlib import Path
+
+import torch
+from torch import nn
 from transformers import (
     BertConfig,
     BertForQuestionAnswering,
@@ -55,4 +61,76 @@ def to_bert(model: FlexBertPreTrainedModel, width: Width = 1.0, depth: float = 1
     return bert.to(device=model.device, dtype=model.dtype).train(model.training)
 
 
-__all__ = ["to_bert"]
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# What each head's graph returns, by the class name's ending (FlexBert and plain BERT classes alike).
+ONNX_OUTPUTS = {
+    "ForSequenceClassification": ("logits",),
+    "ForQuestionAnswering": ("start_logits", "end_logits"),
+    "Model": ("last_hidden_state",),
+}
+
+
+class OnnxGraph(nn.Module):
+    """The computation an ONNX export records: BERT's three inputs in, the head's output tensors out."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+        self.outputs = next(names for suffix, names in ONNX_OUTPUTS.items() if type(model).__name__.endswith(suffix))
+        # FlexBert heads run the static model for this call whatever `config.dynamic_inference` says.
+        self.static = {"dynamic": False} if "dynamic" in inspect.signature(model.forward).parameters else {}
+
+    def forward(self, input_ids, attention_mask, token_type_ids) -> tuple[torch.Tensor, ...]:
+        output = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **self.static
+        )
+        return tuple(output[name] for name in self.outputs)
+
+
+def export_onnx(model: PreTrainedModel, path: str | Path, width: Width = 1.0, depth: float = 1.0) -> Path:
+    """Write the static (width, depth) sub-network of a FlexBert (or a plain BERT model, e.g. from `to_bert`, at
+    width = depth = 1) as an ONNX graph with dynamic batch and sequence axes; returns its path.
+
+    The graph takes `input_ids`, `attention_mask` and `token_type_ids` (int64, `(batch, sequence)`) and returns the
+    head's outputs (`logits`; `start_logits`, `end_logits`; or `last_hidden_state`). The attention mask is always
+    applied (no "nothing padded" shortcut), so padded batches give what PyTorch gives. The sub-network is recorded
+    in the graph's metadata (`flexbert_width`, `flexbert_depth`). Needs the `[onnx]` extra (onnx, onnxscript;
+    onnxruntime to run it): torch's dynamo exporter, as optimum's ONNX export does not support transformers 5.
+    """
+    try:
+        import onnx
+    except ImportError as error:
+        raise ImportError("ONNX export needs the onnx extra: pip install 'transformers-flex[onnx]'.") from error
+    if hasattr(model, "export_subnet"):  # a FlexBert (the package's class or a remote-code one)
+        model = model.export_subnet(width=width, depth=depth)  # compact: the graph holds only what runs
+    elif width != 1.0 or depth != 1.0:
+        raise ValueError(f"A {type(model).__name__} has no sub-networks: export it at width = depth = 1.0.")
+    graph = OnnxGraph(model.eval())
+    example = {  # two rows, the second padded: the traced graph must hold the masking
+        "input_ids": torch.full((2, 8), 101, dtype=torch.long),
+        "attention_mask": torch.tensor([[1] * 8, [1] * 5 + [0] * 3]),
+        "token_type_ids": torch.zeros((2, 8), dtype=torch.long),
+    }
+    axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            graph,
+            (),
+            kwargs=example,
+            f=str(path),
+            dynamo=True,
+            input_names=list(ONNX_INPUTS),
+            output_names=list(graph.outputs),
+            dynamic_shapes=axes,
+            external_data=False,
+        )
+    exported = onnx.load(str(path))
+    for key, value in (("flexbert_width", width), ("flexbert_depth", depth)):
+        exported.metadata_props.add(key=key, value=str(value))
+    onnx.save(exported, str(path))
+    return path
+
+
+__all__ = ["ONNX_INPUTS", "OnnxGraph", "export_onnx", "to_bert"]

@@ -115,9 +115,12 @@ def last_real_column(attention_mask: torch.Tensor) -> int:
 
 
 def additive_attention_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(batch, length) 1/0 mask -> (batch, 1, 1, length) additive mask; None when nothing is padded."""
-    if attention_mask is None or bool(attention_mask.all()):
+    """(batch, length) 1/0 mask -> (batch, 1, 1, length) additive mask; None when nothing is padded (when exporting,
+    only without a mask: an exporter would fix the data-dependent shortcut to the example batch's case)."""
+    if attention_mask is None:
         return None
+    if not torch.compiler.is_exporting() and bool(attention_mask.all()):
+        return None  # no padding: attention without a mask is the same and faster
     blocked = attention_mask[:, None, None, :].eq(0)
     return torch.zeros(blocked.shape, dtype=dtype, device=attention_mask.device).masked_fill(
         blocked, torch.finfo(dtype).min

@@ -1,0 +1,90 @@
+"""ONNX export of static sub-networks (transformers_flex.export.export_onnx, `transformers-flex export --onnx`): for a
+trained model, ONNX Runtime's outputs equal PyTorch's (≤ 1e-4) for every exported sub-network, on padded and unpadded
+batches of other sizes than the export's example (dynamic batch and sequence axes, the mask kept), and the graph
+records which sub-network it is."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from transformers_flex import FlexBertConfig, FlexBertForQuestionAnswering, FlexBertForSequenceClassification, to_bert
+from transformers_flex.cli import main as cli_main
+from transformers_flex.export import ONNX_INPUTS, export_onnx
+
+ort = pytest.importorskip("onnxruntime")  # the [onnx] extra; `make test` installs it with the dev tools
+
+pytestmark = pytest.mark.integration
+TEXTS = ["a gripping , beautifully acted film .", "dull", "it is not a film i would see twice , or once ."]
+SUBNETS = [(1.0, 1.0), (0.75, 1.0), (0.5, 0.75), (0.25, 0.5), ([1.0, 0.25, 0.75, 0.5, 1.0, 0.5], 1.0)]
+
+
+def batches(tokenizer) -> list[dict[str, np.ndarray]]:
+    """Three padded rows, and one unpadded row of another length."""
+    padded = tokenizer(TEXTS, padding=True, return_tensors="np")
+    single = tokenizer(TEXTS[2] + " " + TEXTS[0], return_tensors="np")
+    return [dict(padded), dict(single)]
+
+
+def run_onnx(path, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path))
+    return session.run(None, {name: batch[name].astype(np.int64) for name in ONNX_INPUTS})
+
+
+def as_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(value) for name, value in batch.items()}
+
+
+@pytest.fixture(scope="module")
+def trained(classification_run):
+    checkpoint = classification_run[0] / "gates"
+    model = FlexBertForSequenceClassification.from_pretrained(checkpoint).eval()
+    return model, AutoTokenizer.from_pretrained(checkpoint)
+
+
+@pytest.mark.parametrize(("width", "depth"), SUBNETS, ids=str)
+def test_onnx_runtime_equals_pytorch_for_every_exported_subnetwork(trained, tmp_path, width, depth):
+    model, tokenizer = trained
+    path = export_onnx(model, tmp_path / "model.onnx", width=width, depth=depth)
+    metadata = ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
+    assert (metadata["flexbert_width"], metadata["flexbert_depth"]) == (str(width), str(depth))
+    for batch in batches(tokenizer):
+        with torch.no_grad():
+            expected = model(**as_torch(batch), width=width, depth=depth, dynamic=False).logits
+        (logits,) = run_onnx(path, batch)
+        np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=0)
+
+
+def test_plain_bert_export_and_question_answering_heads(trained, backbone_path, tmp_path):
+    model, tokenizer = trained
+    bert = to_bert(model, width=1.0, depth=0.5)
+    path = export_onnx(bert, tmp_path / "bert.onnx")
+    batch = batches(tokenizer)[0]
+    with torch.no_grad():
+        expected = model(**as_torch(batch), depth=0.5, dynamic=False).logits
+    np.testing.assert_allclose(run_onnx(path, batch)[0], expected.numpy(), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="no sub-networks"):
+        export_onnx(bert, tmp_path / "narrow.onnx", width=0.5)
+    torch.manual_seed(0)
+    qa = FlexBertForQuestionAnswering.from_pretrained(backbone_path, exit_layers=[2, 4]).eval()
+    path = export_onnx(qa, tmp_path / "qa.onnx", width=0.5)
+    with torch.no_grad():
+        output = qa(**as_torch(batch), width=0.5, dynamic=False)
+    start, end = run_onnx(path, batch)
+    np.testing.assert_allclose(start, output.start_logits.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(end, output.end_logits.numpy(), atol=1e-4, rtol=0)
+
+
+def test_export_command_writes_the_graph_with_config_and_tokenizer(trained, classification_run, tmp_path, capsys):
+    model, tokenizer = trained
+    cli_main(["export", str(classification_run[0] / "gates"), str(tmp_path / "out"), "--width", "0.5", "--onnx"])
+    assert "model.onnx" in capsys.readouterr().out
+    config = FlexBertConfig.from_pretrained(tmp_path / "out")
+    assert config.layer_num_heads == [model.config.num_attention_heads // 2] * model.config.num_hidden_layers
+    assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["model_input_names"]
+    batch = batches(AutoTokenizer.from_pretrained(tmp_path / "out"))[0]
+    with torch.no_grad():
+        expected = model(**as_torch(batch), width=0.5, dynamic=False).logits
+    np.testing.assert_allclose(run_onnx(tmp_path / "out" / "model.onnx", batch)[0], expected.numpy(), atol=1e-4)
