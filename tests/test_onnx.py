@@ -10,9 +10,15 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from transformers_flex import FlexBertConfig, FlexBertForQuestionAnswering, FlexBertForSequenceClassification, to_bert
+from transformers_flex import (
+    FlexBertConfig,
+    FlexBertForQuestionAnswering,
+    FlexBertForSequenceClassification,
+    FlexBertModel,
+    to_bert,
+)
 from transformers_flex.cli import main as cli_main
-from transformers_flex.export import ONNX_INPUTS, export_onnx
+from transformers_flex.export import ONNX_INPUTS, export_onnx, quantize_onnx
 
 ort = pytest.importorskip("onnxruntime")  # the [onnx] extra; `make test` installs it with the dev tools
 
@@ -79,8 +85,11 @@ def test_plain_bert_export_and_question_answering_heads(trained, backbone_path, 
 
 def test_export_command_writes_the_graph_with_config_and_tokenizer(trained, classification_run, tmp_path, capsys):
     model, tokenizer = trained
-    cli_main(["export", str(classification_run[0] / "gates"), str(tmp_path / "out"), "--width", "0.5", "--onnx"])
-    assert "model.onnx" in capsys.readouterr().out
+    checkpoint = str(classification_run[0] / "gates")
+    cli_main(["export", checkpoint, str(tmp_path / "out"), "--width", "0.5", "--onnx", "--int8"])
+    assert "model.onnx" in capsys.readouterr().out and (tmp_path / "out" / "model_int8.onnx").is_file()
+    with pytest.raises(SystemExit, match="add --onnx"):
+        cli_main(["export", checkpoint, str(tmp_path / "other"), "--int8"])
     config = FlexBertConfig.from_pretrained(tmp_path / "out")
     assert config.layer_num_heads == [model.config.num_attention_heads // 2] * model.config.num_hidden_layers
     assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["model_input_names"]
@@ -88,3 +97,20 @@ def test_export_command_writes_the_graph_with_config_and_tokenizer(trained, clas
     with torch.no_grad():
         expected = model(**as_torch(batch), width=0.5, dynamic=False).logits
     np.testing.assert_allclose(run_onnx(tmp_path / "out" / "model.onnx", batch)[0], expected.numpy(), atol=1e-4)
+
+
+def test_int8_graph_is_smaller_and_keeps_the_representations(backbone_path, tmp_path):
+    """Dynamic INT8 of the real backbone at width 0.5: a quarter of the size (weights in 8 bits), and every real
+    token's hidden state points where the fp32 graph's does (cosine similarity)."""
+    model = FlexBertModel.from_pretrained(backbone_path).eval()
+    fp32 = export_onnx(model, tmp_path / "model.onnx", width=0.5)
+    int8 = quantize_onnx(fp32, tmp_path / "model_int8.onnx")
+    assert int8.stat().st_size < 0.3 * fp32.stat().st_size
+    metadata = ort.InferenceSession(str(int8)).get_modelmeta().custom_metadata_map
+    assert (metadata["flexbert_width"], metadata["flexbert_precision"]) == ("0.5", "int8")
+    batch = batches(AutoTokenizer.from_pretrained(backbone_path))[0]
+    (reference,), (quantized,) = run_onnx(fp32, batch), run_onnx(int8, batch)
+    real = batch["attention_mask"].astype(bool)
+    cosine = (reference * quantized).sum(-1) / np.linalg.norm(reference, axis=-1) / np.linalg.norm(quantized, axis=-1)
+    assert cosine[real].min() > 0.9 and cosine[real].mean() > 0.97
+    assert not np.allclose(reference, quantized, atol=1e-3)  # it is quantized, not a copy

@@ -174,6 +174,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--onnx", action="store_true", help="Write an ONNX graph (model.onnx) with its config and tokenizer instead."
     )
+    parser.add_argument("--int8", action="store_true", help="With --onnx: also write model_int8.onnx (dynamic INT8).")
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -187,7 +188,7 @@ def run_export(args: argparse.Namespace) -> None:
     )
 
     from . import FlexBertConfig
-    from .export import export_onnx, to_bert
+    from .export import export_onnx, quantize_onnx, to_bert
     from .utils import load_tokenizer
 
     config = AutoConfig.from_pretrained(args.checkpoint)
@@ -198,12 +199,16 @@ def run_export(args: argparse.Namespace) -> None:
         "FlexBertForSequenceClassification": AutoModelForSequenceClassification,
         "FlexBertForQuestionAnswering": AutoModelForQuestionAnswering,
     }.get(architecture, AutoModel)
+    if args.int8 and not args.onnx:
+        raise SystemExit("--int8 quantizes the ONNX graph: add --onnx.")
     model = auto_class.from_pretrained(args.checkpoint)
     exported = to_bert(model, args.width, args.depth) if args.as_bert else model.export_subnet(args.width, args.depth)
     if args.onnx:
         graph = export_onnx(model, Path(args.output_dir) / "model.onnx", args.width, args.depth)
         exported.config.save_pretrained(args.output_dir)  # labels and shapes beside the graph
         print(f"Wrote {graph} (width {args.width}, depth {args.depth}).")
+        if args.int8:
+            print(f"Wrote {quantize_onnx(graph, graph.with_name('model_int8.onnx'))} (INT8 weights).")
     else:
         exported.save_pretrained(args.output_dir)
     try:

@@ -133,4 +133,26 @@ def export_onnx(model: PreTrainedModel, path: str | Path, width: Width = 1.0, de
     return path
 
 
-__all__ = ["ONNX_INPUTS", "OnnxGraph", "export_onnx", "to_bert"]
+def quantize_onnx(path: str | Path, output: str | Path) -> Path:
+    """INT8 dynamic quantization of an exported graph (ONNX Runtime's `quantize_dynamic`): the weights of its matrix
+    multiplications stored as signed 8-bit integers, activations quantized per batch at run time; returns `output`.
+    The sub-network metadata of `export_onnx` is kept, with `flexbert_precision` = `int8`."""
+    try:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as error:
+        raise ImportError("INT8 quantization needs the onnx extra: pip install 'transformers-flex[onnx]'.") from error
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(str(path), str(output), weight_type=QuantType.QInt8)
+    quantized = onnx.load(str(output))
+    kept = {entry.key for entry in quantized.metadata_props}
+    for entry in onnx.load(str(path)).metadata_props:  # quantize_dynamic does not copy them everywhere
+        if entry.key not in kept:
+            quantized.metadata_props.add(key=entry.key, value=entry.value)
+    quantized.metadata_props.add(key="flexbert_precision", value="int8")
+    onnx.save(quantized, str(output))
+    return output
+
+
+__all__ = ["ONNX_INPUTS", "OnnxGraph", "export_onnx", "quantize_onnx", "to_bert"]
