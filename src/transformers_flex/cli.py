@@ -1,5 +1,5 @@
 """`transformers-flex` command line: `demo` (the main job), `train` (the training pipeline on any data), `export`,
-`card` and `push` (a run's model card, and publishing it to the Hub)."""
+`card` and `push` (a run's model card, and publishing it to the Hub), `search` (an operating point for a budget)."""
 
 import argparse
 import json
@@ -269,6 +269,45 @@ def run_publish(args: argparse.Namespace) -> None:
     print(f"Pushed {args.run_dir} to {args.repo_id}: {url}")
 
 
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="A finished `transformers-flex train` run (sequence classification).")
+    parser.add_argument("--budget", type=float, required=True, help="Cost as a fraction of the full model's.")
+    parser.add_argument("--objective", choices=("flops", "latency"), default="flops")
+    parser.add_argument("--name", default=None, help="The operating point's name (default: <objective><budget>).")
+    parser.add_argument("--heldout-samples", type=int, default=256, help="Held-out training examples that score.")
+    parser.add_argument("--batch-size", type=int, default=32, help="Latency objective: the batch it is timed at.")
+    parser.add_argument("--seq-length", type=int, default=128, help="Length the FLOPs or latency are taken at.")
+
+
+def run_search(args: argparse.Namespace) -> None:
+    """The best per-layer widths and depth under a budget, stored in the run's final checkpoint."""
+    from .budget import search_run
+    from .hub import FlexHubError
+
+    try:
+        found = search_run(
+            args.run_dir,
+            args.budget,
+            args.objective,
+            args.name,
+            args.heldout_samples,
+            args.batch_size,
+            args.seq_length,
+        )
+    except (FlexHubError, ValueError) as error:
+        raise SystemExit(str(error)) from None
+    searched, uniform = found["searched"], found["uniform"]
+    print("| operating point | widths | depth | cost | held-out score |")
+    print("|---|---|---|---|---|")
+    for label, point in (("searched", searched), ("best uniform", uniform)):
+        if point is not None:
+            print(f"| {label} | {point.width} | {point.depth} | {point.cost:.3f} | {point.score:.4f} |")
+    print(
+        f"Stored as operating point {found['name']!r} in {found['checkpoint']}/config.json: select it with "
+        f"model.set_subnet(budget={found['name']!r})."
+    )
+
+
 TRAIN_DESCRIPTION = """Train a flexible model on a GLUE task or SQuAD (--task_name) or your own data (--train_file and
 --validation_file: CSV, JSON lines or parquet; or --dataset_name; SQuAD's columns mean extractive QA), with the
 arguments of examples/run_glue_flex.py.
@@ -299,11 +338,14 @@ def main(argv: list[str] | None = None) -> None:
     add_export_arguments(commands.add_parser("export", help="Export a static sub-network as its own checkpoint."))
     add_publish_arguments(commands.add_parser("card", help="Write a run's model card into its checkpoint."), False)
     add_publish_arguments(commands.add_parser("push", help="Publish a run's checkpoint and card to the Hub."), True)
+    add_search_arguments(commands.add_parser("search", help="Find and store the best sub-network under a budget."))
     args = parser.parse_args(argv)
     if args.command == "demo":
         run_demo(args)
     elif args.command == "export":
         run_export(args)
+    elif args.command == "search":
+        run_search(args)
     else:
         run_publish(args)
 

@@ -37,6 +37,8 @@ FLEX_FIELDS = (
     "dynamic_inference",
     "layer_num_heads",
     "layer_intermediate_sizes",
+    "operating_points",
+    "exported_subnet",
 )
 # Fields `check_flex_fields` reads: assigning any of them after construction re-runs the checks.
 CHECKED_FIELDS = frozenset(FLEX_FIELDS) - {"dynamic_inference"} | {
@@ -88,6 +90,21 @@ def _check_per_layer_sizes(name: str, values, num_layers: int, upper: int) -> No
     for value in values:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= upper:
             raise ValueError(f"`{name}` entries must be integers in [1, {upper}], got {value!r} in {values!r}.")
+
+
+def _check_operating_points(points, num_layers: int) -> None:
+    """Raise unless `points` is a dict of named sub-networks, each with a per-layer `width` list (or one width) and a
+    `depth`, as `transformers-flex search` stores them."""
+    if not isinstance(points, dict):
+        raise ValueError(f"`operating_points` must be a dict of name -> {{'width', 'depth', ...}}, got {points!r}.")
+    for name, point in points.items():
+        if not isinstance(point, dict) or not {"width", "depth"} <= point.keys():
+            raise ValueError(f"Operating point {name!r} needs a `width` and a `depth`, got {point!r}.")
+        widths = point["width"] if isinstance(point["width"], (list, tuple)) else [point["width"]]
+        if isinstance(point["width"], (list, tuple)) and len(widths) != num_layers:
+            raise ValueError(f"Operating point {name!r} lists {len(widths)} widths for {num_layers} layers.")
+        check_multipliers(f"operating_points[{name!r}].width", widths)
+        check_multipliers(f"operating_points[{name!r}].depth", [point["depth"]])
 
 
 class FlexBertConfig(PreTrainedConfig):
@@ -142,6 +159,12 @@ class FlexBertConfig(PreTrainedConfig):
             Heads of each layer of an exported (physically smaller) model; `None` means `num_attention_heads` each.
         layer_intermediate_sizes (`list[int]`, *optional*):
             FFN size of each layer of an exported model; `None` means `intermediate_size` each.
+        operating_points (`dict[str, dict]`, *optional*):
+            Named sub-networks chosen for a budget (`transformers-flex search`): name -> `{"width": [one per layer],
+            "depth": ..., "objective", "budget", "cost", "score"}`; `model.set_subnet(budget=name)` selects one.
+        exported_subnet (`dict`, *optional*):
+            Set by `export_subnet` on the exported model: the `width` and `depth` it was cut at, and the operating
+            point's name when it was one.
     """
 
     model_type = "flexbert"
@@ -181,6 +204,8 @@ class FlexBertConfig(PreTrainedConfig):
     dynamic_inference: bool = False
     layer_num_heads: list[int] | None = None
     layer_intermediate_sizes: list[int] | None = None
+    operating_points: dict | None = None
+    exported_subnet: dict | None = None
     auto_map: dict | None = None
 
     def __post_init__(self, **kwargs):
@@ -306,6 +331,8 @@ class FlexBertConfig(PreTrainedConfig):
         _check_per_layer_sizes(
             "layer_intermediate_sizes", self.layer_intermediate_sizes, self.num_hidden_layers, self.intermediate_size
         )
+        if self.operating_points is not None:
+            _check_operating_points(self.operating_points, self.num_hidden_layers)
 
     @property
     def gate_layers(self) -> list[int]:

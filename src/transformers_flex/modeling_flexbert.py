@@ -109,23 +109,41 @@ class FlexBertPreTrainedModel(PreTrainedModel):
     def _encoder(self) -> FlexBertEncoder:
         return self.base_model.encoder
 
-    def set_subnet(self, width: Width = 1.0, depth: float = 1.0) -> None:
+    def set_subnet(self, width: Width = 1.0, depth: float = 1.0, budget: str | None = None) -> None:
         """Make the sub-network of width `width` (a multiplier, or one per layer) and depth `depth` the default: what
         runs when neither the call (`width=`/`depth=`) nor a `with model.subnet(...)` block chooses one. The default
         is shared by every thread using the model; per-request choices belong in the call or in `subnet`.
+        `budget=NAME` selects a named operating point of `config.operating_points` instead.
 
-        Raises `ValueError` for a width outside (0, 1], a per-layer list of the wrong length, or a depth outside
-        (0, 1].
+        Raises `ValueError` for a width outside (0, 1], a per-layer list of the wrong length, a depth outside
+        (0, 1], or an unknown operating point.
         """
+        if budget is not None:
+            width, depth = self.operating_point(budget).values()
         self._encoder.set_subnet(width=width, depth=depth)
 
     @contextmanager
-    def subnet(self, width: Width = 1.0, depth: float = 1.0) -> Iterator["FlexBertPreTrainedModel"]:
-        """Run the (width, depth) sub-network inside the block. The choice is local to the calling thread or
-        asyncio task (a `contextvars` context), so concurrent requests on one model never see each other's; the
-        `set_subnet` default is untouched."""
+    def subnet(
+        self, width: Width = 1.0, depth: float = 1.0, budget: str | None = None
+    ) -> Iterator["FlexBertPreTrainedModel"]:
+        """Run the (width, depth) sub-network (or the operating point `budget`) inside the block. The choice is local
+        to the calling thread or asyncio task (a `contextvars` context), so concurrent requests on one model never
+        see each other's; the `set_subnet` default is untouched."""
+        if budget is not None:
+            width, depth = self.operating_point(budget).values()
         with self._encoder.subnet(width=width, depth=depth):
             yield self
+
+    def operating_point(self, name: str) -> dict:
+        """`{"width": [...], "depth": ...}` of the named operating point (`transformers-flex search`), to pass to a
+        call: `model(**batch, **model.operating_point("flops0.4"))`."""
+        points = self.config.operating_points or {}
+        if name not in points:
+            raise ValueError(
+                f"No operating point {name!r} in this model's config; it has {sorted(points) or 'none'} "
+                "(`transformers-flex search RUN_DIR --budget ...` adds them)."
+            )
+        return {"width": points[name]["width"], "depth": points[name]["depth"]}
 
     @property
     def active_subnet(self) -> dict:
@@ -143,12 +161,17 @@ class FlexBertPreTrainedModel(PreTrainedModel):
         """`(layer index, heads, FFN neurons)` of every layer the given sub-network runs."""
         return subnet_layer_shapes(self.config, width, depth)
 
-    def export_subnet(self, width: Width = 1.0, depth: float = 1.0) -> "FlexBertPreTrainedModel":
-        """A physically smaller copy that computes exactly what the given sub-network computes.
+    def export_subnet(
+        self, width: Width = 1.0, depth: float = 1.0, budget: str | None = None
+    ) -> "FlexBertPreTrainedModel":
+        """A physically smaller copy that computes exactly what the given sub-network (or the operating point
+        `budget`) computes.
 
-        Its config lists each layer's head count and FFN size (`layer_num_heads`, `layer_intermediate_sizes`);
-        it saves and loads like any FlexBert checkpoint.
+        Its config lists each layer's head count and FFN size (`layer_num_heads`, `layer_intermediate_sizes`) and
+        records what it was cut from (`exported_subnet`); it saves and loads like any FlexBert checkpoint.
         """
+        if budget is not None:
+            width, depth = self.operating_point(budget).values()
         shape = self.subnet_shape(width=width, depth=depth)
         kept = [index for index, _, _ in shape]
         mixed = [layer for layer in self.config.knowledgeable_layers or [] if layer - 1 in kept]
@@ -171,6 +194,8 @@ class FlexBertPreTrainedModel(PreTrainedModel):
                 "gate_block_size": 0,
                 "exit_layers": [kept.index(layer - 1) + 1 for layer in config.exit_layers if layer - 1 in kept],
                 "knowledgeable_layers": None if not mixed else [kept.index(layer - 1) + 1 for layer in mixed],
+                "operating_points": None,  # the export is one of them
+                "exported_subnet": {"width": width, "depth": depth, "operating_point": budget},
             }
         )
         compact = type(self)(config).to(device=self.device, dtype=self.dtype)

@@ -442,6 +442,26 @@ def data_record(data_args: DataArguments) -> dict:
     return source | {name: getattr(data_args, name) for name in sizes}
 
 
+def recorded_data_arguments(record: dict) -> DataArguments:
+    """The `DataArguments` that give a recorded run's data again (its splits, held-out slice included, with the
+    run's seed): the inverse of `data_record` together with the recorded task."""
+    data, task = record["data"], record["task"]
+    sizes = {name: data[name] for name in ("max_seq_length", "max_train_samples", "max_eval_samples")}
+    arguments = DataArguments(importance_samples=data["importance_samples"], **sizes)
+    if not task.get("glue_task") and task.get("kind") != "question_answering":  # columns a GLUE task knows itself
+        arguments.text_column_names = ",".join(task["text_columns"])
+        arguments.label_column_name = task["label_column"]
+        arguments.is_regression = task["kind"] == "regression"
+    if "train_file" in data:
+        arguments.train_file, arguments.validation_file = data["train_file"], data["validation_file"]
+    elif task.get("glue_task") or task.get("kind") == "question_answering":
+        arguments.task_name = task.get("glue_task") or SQUAD_TASK
+        arguments.data_dir = data.get("data_dir")
+    else:
+        arguments.dataset_name, arguments.dataset_config_name = data["dataset_name"], data.get("dataset_config_name")
+    return arguments
+
+
 def build_run_config(task: FlexTask, stages: tuple[str, ...], start: str, args: tuple) -> dict:
     """The record of a run: task, data, model, shared training settings, and each stage's own settings."""
     model_args, data_args, pipeline_args, training_args = args
