@@ -13,12 +13,12 @@ data (the pipeline's importance examples), never dev. The best uniform sub-netwo
 the same way, for comparison.
 """
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
+from .evaluation import interleaved_medians
 from .flops import subnet_flops
 from .modeling_flexbert import FlexBertPreTrainedModel
 
@@ -47,15 +47,6 @@ def flops_cost(config, seq_length: int) -> Cost:
     return lambda width, depth: subnet_flops(config, width, depth, seq_length) / full
 
 
-def median_seconds(run: Callable[[], object], rounds: int) -> float:
-    times = []
-    for _ in range(rounds + 1):  # the first call warms up
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return sorted(times[1:])[rounds // 2]
-
-
 @torch.inference_mode()
 def latency_cost(model: FlexBertPreTrainedModel, batch_size: int, seq_length: int, rounds: int = 7) -> Cost:
     """Cost as the measured latency fraction of the full model: one layer timed at every width (all layers have the
@@ -64,9 +55,11 @@ def latency_cost(model: FlexBertPreTrainedModel, batch_size: int, seq_length: in
     encoder = model.base_model.encoder
     hidden = torch.randn(batch_size, seq_length, config.hidden_size)
     layer = encoder.layer[0]
-    per_width = {width: median_seconds(lambda w=width: layer(hidden, None, w), rounds) for width in config.width_mults}
-    ids = torch.randint(1000, config.vocab_size, (batch_size, seq_length))
-    whole = median_seconds(lambda: model(input_ids=ids, dynamic=False), rounds)  # a task head: the static model
+    ids = torch.randint(config.vocab_size // 2, config.vocab_size, (batch_size, seq_length))  # no special tokens
+    runners = {width: (lambda w=width: layer(hidden, None, w)) for width in config.width_mults}
+    runners["whole"] = lambda: model(input_ids=ids, dynamic=False)  # a task head: the static model
+    medians = interleaved_medians(runners, rounds=rounds, warmup=1)  # rounds interleave, so noise hits all alike
+    per_width, whole = {width: medians[width] for width in config.width_mults}, medians["whole"]
     fixed = max(whole - config.num_hidden_layers * per_width[1.0], 0.0)  # embeddings, pooler and head
 
     def cost(width: list[float], depth: float) -> float:
@@ -111,8 +104,9 @@ def greedy_widths(
 def search_operating_point(
     model: FlexBertPreTrainedModel, score: Score, cost: Cost, budget: float, progress: Callable[[str], None] = print
 ) -> tuple[OperatingPoint | None, OperatingPoint | None]:
-    """The best per-layer operating point under `budget` over every depth of the model, and the best uniform
-    (one width for all layers) sub-network under it, both scored by `score`; None where nothing fits."""
+    """The best operating point under `budget` (the best of every depth's greedy result and of the uniform
+    sub-networks that fit), and the best uniform (one width for all layers) sub-network under it, both scored by
+    `score`; None where nothing fits."""
     if not 0 < budget <= 1:
         raise ValueError(f"The budget is a fraction of the full model's cost in (0, 1], got {budget}.")
     config, encoder = model.config, model.base_model.encoder
@@ -136,8 +130,9 @@ def search_operating_point(
             widths = [width] * layers
             if cost(widths, depth) <= budget:
                 uniform.append(OperatingPoint(widths, depth, cost(widths, depth), cached_score(widths, depth)))
-    best = max(searched, key=lambda point: point.score, default=None)
-    return best, max(uniform, key=lambda point: point.score, default=None)
+    best_uniform = max(uniform, key=lambda point: point.score, default=None)
+    # A greedy path can end below a uniform sub-network it passed by: the answer is the best of both.
+    return max(searched + uniform, key=lambda point: point.score, default=None), best_uniform
 
 
 def heldout_score(model: FlexBertPreTrainedModel, task, heldout, collate, batch_size: int = 64) -> Score:
