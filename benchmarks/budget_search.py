@@ -31,12 +31,18 @@ from transformers_flex.utils import load_tokenizer  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="A finished classification run directory.")
+    parser.add_argument("--run", help="A finished classification run directory.")
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.3, 0.45, 0.6])
     parser.add_argument("--objective", choices=("flops", "latency"), default="flops")
     parser.add_argument("--heldout-samples", type=int, default=256)
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output", help="Where to write the JSON.")
+    parser.add_argument("--show", help="Print the table of an existing result JSON and exit.")
     args = parser.parse_args()
+    if args.show:
+        print(table(json.loads(Path(args.show).read_text())))
+        return
+    if not all((args.run, args.output)):
+        parser.error("--run and --output are required (or --show RESULT.json).")
 
     run = read_run(args.run)
     data_args = recorded_data_arguments(run.record)

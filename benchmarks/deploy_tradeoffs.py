@@ -54,16 +54,22 @@ def dev_batches(tokenizer, dataset, task: str, batch_size: int) -> list[dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="A flexible FlexBert classification checkpoint.")
-    parser.add_argument("--task", required=True, help="The GLUE task of its dev set.")
+    parser.add_argument("--model", help="A flexible FlexBert classification checkpoint.")
+    parser.add_argument("--task", help="The GLUE task of its dev set.")
     parser.add_argument(
         "--subnets", nargs="+", type=parse_subnet, default=[(1.0, 1.0), (0.5, 1.0), (1.0, 0.5), (0.5, 0.5)]
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output", help="Where to write the JSON.")
+    parser.add_argument("--show", help="Print the table of an existing result JSON and exit.")
     args = parser.parse_args()
+    if args.show:
+        print(table(json.loads(Path(args.show).read_text())))
+        return
+    if not all((args.model, args.task, args.output)):
+        parser.error("--model --task and --output are required (or --show RESULT.json).")
 
     model = FlexBertForSequenceClassification.from_pretrained(args.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
