@@ -1,8 +1,9 @@
 """Budget search against the best uniform sub-network of the same budget, on dev: for each budget, the searched
-operating point (per-layer widths and a depth, chosen on held-out *training* examples by `transformers-flex search`)
+operating point (per-layer widths and a depth, chosen on held-out *training* examples by `transformers-flex search`,
+once per search seed: the seed draws the scoring examples from the held-out slice)
 and the best uniform one under the same budget (chosen the same way) are both scored on the whole dev set.
 
-    python benchmarks/budget_search.py --run runs/repro/sst2 --budgets 0.3 0.45 0.6 \
+    python benchmarks/budget_search.py --run runs/repro/sst2 --budgets 0.3 0.5 0.7 --seeds 0 1 2 \
         --output benchmarks/results/budget_search_sst2.json
 
 Stores the operating points in the run's final checkpoint (as the command does) and writes JSON with both points'
@@ -32,7 +33,8 @@ from transformers_flex.utils import load_tokenizer  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="A finished classification run directory.")
-    parser.add_argument("--budgets", nargs="+", type=float, default=[0.3, 0.45, 0.6])
+    parser.add_argument("--budgets", nargs="+", type=float, default=[0.3, 0.5, 0.7])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="Search seeds (scoring examples).")
     parser.add_argument("--objective", choices=("flops", "latency"), default="flops")
     parser.add_argument("--heldout-samples", type=int, default=256)
     parser.add_argument("--output", help="Where to write the JSON.")
@@ -49,14 +51,14 @@ def main() -> None:
     task, raw = load_task(data_args)
     dev = select_splits(task, raw, data_args, run.record["training"]["seed"])["dev"]
     rows = []
-    for budget in args.budgets:
-        found = search_run(args.run, budget, args.objective, heldout_samples=args.heldout_samples)
-        model = FlexBertForSequenceClassification.from_pretrained(run.checkpoint).eval()
-        tokenizer = load_tokenizer(run.checkpoint)
-        dev_score = heldout_score(
-            model, task, task.tokenize(dev, tokenizer, data_args.max_seq_length), DataCollatorWithPadding(tokenizer)
-        )
-        row = {"budget": budget, "name": found["name"]}
+    model = FlexBertForSequenceClassification.from_pretrained(run.checkpoint).eval()
+    tokenizer = load_tokenizer(run.checkpoint)
+    features = task.tokenize(dev, tokenizer, data_args.max_seq_length)
+    dev_score = heldout_score(model, task, features, DataCollatorWithPadding(tokenizer))
+    for budget, seed in [(budget, seed) for budget in args.budgets for seed in args.seeds]:
+        name = f"{args.objective}{budget}_seed{seed}"
+        found = search_run(args.run, budget, args.objective, name, args.heldout_samples, seed=seed)
+        row = {"budget": budget, "seed": seed, "name": found["name"]}
         for label in ("searched", "uniform"):
             point = found[label]
             row[label] = None if point is None else asdict(point) | {"dev_score": dev_score(point.width, point.depth)}
@@ -65,6 +67,8 @@ def main() -> None:
     report = {
         "command": f"python benchmarks/budget_search.py --run {args.run} --budgets "
         + " ".join(map(str, args.budgets))
+        + " --seeds "
+        + " ".join(map(str, args.seeds))
         + f" --objective {args.objective} --heldout-samples {args.heldout_samples}",
         "machine": machine_description(),
         "versions": {"transformers": transformers.__version__},
@@ -80,15 +84,16 @@ def main() -> None:
 
 def table(report: dict) -> str:
     lines = [
-        "| budget | point | widths | depth | cost | held-out score | dev score |",
-        "|---|---|---|---|---|---|---|",
+        "| budget | seed | point | widths | depth | cost | held-out score | dev score |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         for label in ("searched", "uniform"):
             point = row[label]
             if point is not None:
                 lines.append(
-                    f"| {row['budget']} | {label} | {point['width']} | {point['depth']} | {point['cost']:.3f} | "
+                    f"| {row['budget']} | {row['seed']} | {label} | {point['width']} | {point['depth']} | "
+                    f"{point['cost']:.3f} | "
                     f"{100 * point['score']:.2f} | {100 * point['dev_score']:.2f} |"
                 )
     return "\n".join(lines)

@@ -166,10 +166,12 @@ def search_run(
     heldout_samples: int | None = 256,
     batch_size: int = 32,
     seq_length: int = 128,
+    seed: int | None = None,
 ) -> dict:
     """Search a finished classification run's final checkpoint for the best operating point under `budget`, store it
     in that checkpoint's config as `operating_points[name]` (default `<objective><budget>`), and return the searched
-    and the best uniform point with their held-out scores."""
+    and the best uniform point with their held-out scores. `seed` draws the `heldout_samples` scoring examples at
+    random from the held-out slice (a search seed); without it, the slice's first ones."""
     from transformers import DataCollatorWithPadding
 
     from .hub import read_run
@@ -187,6 +189,8 @@ def search_run(
     data_args = recorded_data_arguments(run.record)
     task, raw = load_task(data_args)
     heldout = select_splits(task, raw, data_args, run.record["training"]["seed"])["heldout"]
+    if seed is not None:
+        heldout = heldout.shuffle(seed=seed)
     if heldout_samples is not None:
         heldout = heldout.select(range(min(heldout_samples, len(heldout))))
     features = task.tokenize(heldout, tokenizer, data_args.max_seq_length)

@@ -277,6 +277,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heldout-samples", type=int, default=256, help="Held-out training examples that score.")
     parser.add_argument("--batch-size", type=int, default=32, help="Latency objective: the batch it is timed at.")
     parser.add_argument("--seq-length", type=int, default=128, help="Length the FLOPs or latency are taken at.")
+    parser.add_argument("--seed", type=int, default=None, help="Draw the scoring examples at random with this seed.")
 
 
 def run_search(args: argparse.Namespace) -> None:
@@ -293,6 +294,7 @@ def run_search(args: argparse.Namespace) -> None:
             args.heldout_samples,
             args.batch_size,
             args.seq_length,
+            args.seed,
         )
     except (FlexHubError, ValueError) as error:
         raise SystemExit(str(error)) from None
