@@ -100,7 +100,7 @@ def main() -> None:
                 outputs.append(model(**tensors, width=width, depth=depth, dynamic=False).logits.float().numpy())
         return np.concatenate(outputs)
 
-    runners, scores, sizes = {}, {}, {}
+    runners, scores, sizes, parity = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as folder:
         for width, depth in args.subnets:
             fp32 = export_onnx(model, Path(folder) / f"w{width}_d{depth}.onnx", width, depth)
@@ -110,11 +110,13 @@ def main() -> None:
                 "onnx_int8": ort.InferenceSession(str(int8), options),
             }
             sizes[width, depth] = {"onnx_fp32": fp32.stat().st_size, "onnx_int8": int8.stat().st_size}
-            scores[width, depth, "torch_fp32"] = glue_metrics(args.task, torch_logits(width, depth), labels)
+            reference = torch_logits(width, depth)
+            scores[width, depth, "torch_fp32"] = glue_metrics(args.task, reference, labels)
             runners[width, depth, "torch_fp32"] = torch_runner(width, depth)
             for name, session in sessions.items():
                 logits = np.concatenate([session.run(None, batch)[0] for batch in batches])
                 scores[width, depth, name] = glue_metrics(args.task, logits, labels)
+                parity[width, depth, name] = float(np.abs(logits - reference).max())  # vs PyTorch, whole dev set
                 runners[width, depth, name] = lambda session=session: session.run(None, timed)
         with torch.inference_mode():
             medians = interleaved_medians(runners, rounds=args.rounds, warmup=2, show_progress=True)
@@ -134,6 +136,7 @@ def main() -> None:
             "latency_ratio": medians[width, depth, precision] / full,
             "flops_ratio": subnet_flops(model.config, width, depth, args.seq_length) / full_flops,
             "file_bytes": sizes[width, depth].get(precision),
+            "max_abs_logit_difference": parity.get((width, depth, precision), 0.0),
         }
         for width, depth in args.subnets
         for precision in PRECISIONS
@@ -156,14 +159,15 @@ def main() -> None:
 def table(report: dict) -> str:
     """The Markdown table of docs/RESULTS.md from a report."""
     lines = [
-        "| width | depth | precision | dev metric | FLOPs ratio | latency ratio | latency ms | file MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| width | depth | precision | dev metric | FLOPs ratio | latency ratio | latency ms | file MB | logit diff |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         size = f"{row['file_bytes'] / 1e6:.1f}" if row["file_bytes"] else ""
         lines.append(
             f"| {row['width']} | {row['depth']} | {row['precision']} | {100 * row['score']:.1f} | "
-            f"{row['flops_ratio']:.2f} | {row['latency_ratio']:.2f} | {row['latency_ms']:.1f} | {size} |"
+            f"{row['flops_ratio']:.2f} | {row['latency_ratio']:.2f} | {row['latency_ms']:.1f} | {size} | "
+            f"{row.get('max_abs_logit_difference', 0.0):.1e} |"
         )
     return "\n".join(lines)
 

@@ -24,7 +24,9 @@ ort = pytest.importorskip("onnxruntime")  # the [onnx] extra; `make test` instal
 
 pytestmark = pytest.mark.integration
 TEXTS = ["a gripping , beautifully acted film .", "dull", "it is not a film i would see twice , or once ."]
-SUBNETS = [(1.0, 1.0), (0.75, 1.0), (0.5, 0.75), (0.25, 0.5), ([1.0, 0.25, 0.75, 0.5, 1.0, 0.5], 1.0)]
+# All 12 (width, depth) sub-networks of the run's config, and one per-layer width list.
+SUBNETS = [(width, depth) for depth in (1.0, 0.75, 0.5) for width in (1.0, 0.75, 0.5, 0.25)]
+SUBNETS += [([1.0, 0.25, 0.75, 0.5, 1.0, 0.5], 1.0)]
 
 
 def batches(tokenizer) -> list[dict[str, np.ndarray]]:
