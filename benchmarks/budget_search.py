@@ -50,20 +50,10 @@ def main() -> None:
     data_args = recorded_data_arguments(run.record)
     task, raw = load_task(data_args)
     dev = select_splits(task, raw, data_args, run.record["training"]["seed"])["dev"]
-    rows = []
     model = FlexBertForSequenceClassification.from_pretrained(run.checkpoint).eval()
     tokenizer = load_tokenizer(run.checkpoint)
     features = task.tokenize(dev, tokenizer, data_args.max_seq_length)
     dev_score = heldout_score(model, task, features, DataCollatorWithPadding(tokenizer))
-    for budget, seed in [(budget, seed) for budget in args.budgets for seed in args.seeds]:
-        name = f"{args.objective}{budget}_seed{seed}"
-        found = search_run(args.run, budget, args.objective, name, args.heldout_samples, seed=seed)
-        row = {"budget": budget, "seed": seed, "name": found["name"]}
-        for label in ("searched", "uniform"):
-            point = found[label]
-            row[label] = None if point is None else asdict(point) | {"dev_score": dev_score(point.width, point.depth)}
-        rows.append(row)
-        print(row)
     report = {
         "command": f"python benchmarks/budget_search.py --run {args.run} --budgets "
         + " ".join(map(str, args.budgets))
@@ -75,10 +65,19 @@ def main() -> None:
         "task": run.record["task"]["name"],
         "score": "mean of the task's dev metrics",
         "dev_examples": len(dev),
-        "rows": rows,
+        "rows": [],
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for budget, seed in [(budget, seed) for budget in args.budgets for seed in args.seeds]:
+        name = f"{args.objective}{budget}_seed{seed}"
+        found = search_run(args.run, budget, args.objective, name, args.heldout_samples, seed=seed)
+        row = {"budget": budget, "seed": seed, "name": found["name"]}
+        for label in ("searched", "uniform"):
+            point = found[label]
+            row[label] = None if point is None else asdict(point) | {"dev_score": dev_score(point.width, point.depth)}
+        report["rows"].append(row)
+        output.write_text(json.dumps(report, indent=2))  # after every search: an interrupted run keeps its rows
     print(table(report))
 
 
