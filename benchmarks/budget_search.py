@@ -69,9 +69,10 @@ def main() -> None:
     }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    for budget, seed in [(budget, seed) for budget in args.budgets for seed in args.seeds]:
+    caches = {seed: {} for seed in args.seeds}  # held-out scores per seed, shared by its budgets
+    for seed, budget in [(seed, budget) for seed in args.seeds for budget in sorted(args.budgets, reverse=True)]:
         name = f"{args.objective}{budget}_seed{seed}"
-        found = search_run(args.run, budget, args.objective, name, args.heldout_samples, seed=seed)
+        found = search_run(args.run, budget, args.objective, name, args.heldout_samples, seed=seed, cache=caches[seed])
         row = {"budget": budget, "seed": seed, "name": found["name"]}
         for label in ("searched", "uniform"):
             point = found[label]

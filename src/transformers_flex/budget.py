@@ -102,15 +102,22 @@ def greedy_widths(
 
 
 def search_operating_point(
-    model: FlexBertPreTrainedModel, score: Score, cost: Cost, budget: float, progress: Callable[[str], None] = print
+    model: FlexBertPreTrainedModel,
+    score: Score,
+    cost: Cost,
+    budget: float,
+    progress: Callable[[str], None] = print,
+    cache: dict | None = None,
 ) -> tuple[OperatingPoint | None, OperatingPoint | None]:
     """The best operating point under `budget` (the best of every depth's greedy result and of the uniform
     sub-networks that fit), and the best uniform (one width for all layers) sub-network under it, both scored by
-    `score`; None where nothing fits."""
+    `score`; None where nothing fits. `cache` keeps scores across calls with the same `score`: the greedy path to
+    a smaller budget passes through the larger ones, so searching several budgets costs about as much as the
+    smallest."""
     if not 0 < budget <= 1:
         raise ValueError(f"The budget is a fraction of the full model's cost in (0, 1], got {budget}.")
     config, encoder = model.config, model.base_model.encoder
-    cache: dict[tuple, float] = {}
+    cache = {} if cache is None else cache
 
     def cached_score(width: list[float], depth: float) -> float:
         key = (tuple(width), depth)
@@ -167,6 +174,7 @@ def search_run(
     batch_size: int = 32,
     seq_length: int = 128,
     seed: int | None = None,
+    cache: dict | None = None,
 ) -> dict:
     """Search a finished classification run's final checkpoint for the best operating point under `budget`, store it
     in that checkpoint's config as `operating_points[name]` (default `<objective><budget>`), and return the searched
@@ -199,7 +207,7 @@ def search_run(
         cost = flops_cost(model.config, seq_length)
     else:
         cost = latency_cost(model, batch_size, seq_length)
-    searched, uniform = search_operating_point(model, score, cost, budget)
+    searched, uniform = search_operating_point(model, score, cost, budget, cache=cache)
     if searched is None:
         raise ValueError(f"No sub-network of this model costs at most {budget} of the full model ({objective}).")
     name = name or f"{objective}{budget}"
