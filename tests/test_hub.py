@@ -5,20 +5,18 @@ importable) loads the pushed repo id with `trust_remote_code=True`."""
 
 import hashlib
 import json
-import os
 import re
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from clean_process import run_without_package
 from hub_standin import local_hub
 from huggingface_hub import ModelCard
 from interpreters import INTERPRETERS, OLDEST_PYTHON, lowest_allowed_transformers, transformers_version
 from packaging.version import Version
-from test_integration import BLOCK_PACKAGE
 from transformers import AutoTokenizer, pipeline
 
 from transformers_flex import FlexBertForSequenceClassification
@@ -30,7 +28,7 @@ pytestmark = pytest.mark.integration
 CODE_FILES = {"configuration_flexbert.py", "modeling_flexbert.py", "flexbert_layers.py", "flexbert_engine.py"}
 TEXTS = ["a gripping , beautifully acted film .", "dull", "it is not a film i would see twice , or once ."]
 
-HUB_LOADER = BLOCK_PACKAGE + textwrap.dedent(
+HUB_LOADER = textwrap.dedent(
     """
     import torch
     import transformers
@@ -64,18 +62,10 @@ def load_pushed(
     repo_id: str, cache: Path, batch: dict, tmp_path: Path, width: float = 0.5, python: str = sys.executable
 ) -> dict:
     """Load `repo_id` from the stand-in's cache in a `python` process without the package; its outputs."""
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_MODULES_CACHE": str(tmp_path / "mod")}
     encoded = json.dumps({key: value.tolist() for key, value in batch.items()})
-    result = subprocess.run(
-        [python, "-c", HUB_LOADER, repo_id, str(width), encoded, json.dumps(TEXTS)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    arguments = repo_id, str(width), encoded, json.dumps(TEXTS)
+    env = {"HF_HUB_CACHE": str(cache)}
+    return json.loads(run_without_package(HUB_LOADER, *arguments, workdir=tmp_path, python=python, env=env)[-1])
 
 
 def digest(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from clean_process import run_without_package
 from torch.utils.data import DataLoader
 from transformers import (
     AutoTokenizer,
@@ -97,21 +98,7 @@ def test_rewiring_keeps_outputs_and_sorts_importance(bert_checkpoint, tokenizer,
         torch.testing.assert_close(new, old.sort(descending=True).values, rtol=1e-3, atol=1e-6)
 
 
-# The first lines of every clean-process loader: transformers_flex cannot be imported after them.
-BLOCK_PACKAGE = textwrap.dedent(
-    """
-    import json, sys
-    import importlib.abc
-
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "transformers_flex":
-                raise ImportError("transformers_flex must not be importable here")
-
-    sys.meta_path.insert(0, BlockPackage())
-    """
-)
-REMOTE_LOADER = BLOCK_PACKAGE + textwrap.dedent(
+REMOTE_LOADER = textwrap.dedent(
     """
     import torch
     import transformers
@@ -134,18 +121,8 @@ REMOTE_LOADER = BLOCK_PACKAGE + textwrap.dedent(
 
 def load_in_clean_process(checkpoint, auto_class, inputs, tmp_path):
     """Load `checkpoint` with `auto_class` in a subprocess where transformers_flex cannot be imported."""
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     encoded = json.dumps({key: value.tolist() for key, value in inputs.items()})
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_LOADER, str(checkpoint), auto_class, encoded],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(run_without_package(REMOTE_LOADER, str(checkpoint), auto_class, encoded, workdir=tmp_path)[-1])
 
 
 @pytest.mark.parametrize(

@@ -6,17 +6,15 @@ package's pipeline on the run's final checkpoint."""
 
 import ast
 import json
-import os
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
+from clean_process import run_without_package
 from hub_standin import local_hub
 from interpreters import INTERPRETERS
 from pipeline_runs import TINY_BUDGET, run_train
-from test_integration import BLOCK_PACKAGE
 from transformers import AutoTokenizer, pipeline
 
 from transformers_flex import FlexBertForSequenceClassification
@@ -67,11 +65,9 @@ def test_readme_walkthrough_runs_as_written(published, python, tmp_path):
     _, block = walkthrough()
     assert f'model="{repo_id}"' in block
     # The block's prints, one per budget, as JSON for the comparison.
-    script = BLOCK_PACKAGE + "print = lambda result: sys.stdout.write(json.dumps(result) + '\\n')\n" + block
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_MODULES_CACHE": str(tmp_path / "m")}
-    result = subprocess.run([python, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    full, static, dynamic = (json.loads(line) for line in result.stdout.strip().splitlines()[-3:])
+    script = "print = lambda result: sys.stdout.write(json.dumps(result) + '\\n')\n" + block
+    lines = run_without_package(script, workdir=tmp_path, python=python, env={"HF_HUB_CACHE": str(cache)})
+    full, static, dynamic = (json.loads(line) for line in lines[-3:])
     # The same calls with this package's pipeline on the run's final checkpoint.
     pair = ast.literal_eval(re.search(r"^pair = (.*)$", block, re.M)[1])
     model = FlexBertForSequenceClassification.from_pretrained(checkpoint).eval()

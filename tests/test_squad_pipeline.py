@@ -4,15 +4,14 @@ what the stage reports, the batched sub-network evaluation reproduces the Traine
 answers questions through the `flex-question-answering` pipeline in a process without this package."""
 
 import json
-import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
+from clean_process import run_without_package
 from datasets import Dataset
 from interpreters import INTERPRETERS
-from pipeline_runs import ENV, TINY_BUDGET, run_train
-from test_integration import BLOCK_PACKAGE
+from pipeline_runs import TINY_BUDGET, run_train
 from test_pipeline import metric_keys
 from transformers import AutoTokenizer, DataCollatorWithPadding, pipeline
 
@@ -101,7 +100,7 @@ def test_batched_subnet_evaluation_reproduces_the_trainer(qa_run, squad_files):
     assert rows[0]["mean_flops"] > rows[1]["mean_flops"] > rows[2]["mean_flops"]
 
 
-CLEAN_PIPELINE = BLOCK_PACKAGE + textwrap.dedent(
+CLEAN_PIPELINE = textwrap.dedent(
     """
     from transformers import pipeline
 
@@ -117,11 +116,8 @@ def test_final_checkpoint_answers_through_the_pipeline_without_the_package(qa_ru
     checkpoint = qa_run / "width_depth"
     assert "flexbert_qa.py" in {path.name for path in checkpoint.iterdir()}
     example = dev_examples(squad_files)[0]
-    command = [python, "-c", CLEAN_PIPELINE, str(checkpoint), example["question"], example["context"]]
-    env = ENV | {"HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    module, remote = json.loads(result.stdout.strip().splitlines()[-1])
+    arguments = str(checkpoint), example["question"], example["context"]
+    module, remote = json.loads(run_without_package(CLEAN_PIPELINE, *arguments, workdir=tmp_path, python=python)[-1])
     assert module.startswith("transformers_modules.")  # the checkpoint's own copy of the pipeline ran
     # With the package: the registered task on a loaded model (a path needs trust_remote_code, as the config names
     # the checkpoint's own copy of the pipeline).
