@@ -11,23 +11,14 @@ held-out and dev scores, costs and the machine; prints a Markdown table.
 """
 
 import argparse
-import json
-import os
 from dataclasses import asdict
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from common import parse_or_show, run_record, run_splits, write_report
+from transformers import DataCollatorWithPadding
 
-import transformers  # noqa: E402
-from transformers import DataCollatorWithPadding  # noqa: E402
-
-from transformers_flex import FlexBertForSequenceClassification  # noqa: E402
-from transformers_flex.budget import heldout_score, search_run  # noqa: E402
-from transformers_flex.evaluation import machine_description  # noqa: E402
-from transformers_flex.hub import read_run  # noqa: E402
-from transformers_flex.training_pipeline import load_task, recorded_data_arguments, select_splits  # noqa: E402
-from transformers_flex.utils import load_tokenizer  # noqa: E402
+from transformers_flex import FlexBertForSequenceClassification
+from transformers_flex.budget import heldout_score, search_run
+from transformers_flex.utils import load_tokenizer
 
 
 def main() -> None:
@@ -37,38 +28,24 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="Search seeds (scoring examples).")
     parser.add_argument("--objective", choices=("flops", "latency"), default="flops")
     parser.add_argument("--heldout-samples", type=int, default=256)
+    parser.add_argument("--max-eval-samples", type=int, help="Score only the dev set's first examples (smoke runs).")
     parser.add_argument("--output", help="Where to write the JSON.")
-    parser.add_argument("--show", help="Print the table of an existing result JSON and exit.")
-    args = parser.parse_args()
-    if args.show:
-        print(table(json.loads(Path(args.show).read_text())))
+    args = parse_or_show(parser, table, required=("run", "output"))
+    if args is None:
         return
-    if not all((args.run, args.output)):
-        parser.error("--run and --output are required (or --show RESULT.json).")
 
-    run = read_run(args.run)
-    data_args = recorded_data_arguments(run.record)
-    task, raw = load_task(data_args)
-    dev = select_splits(task, raw, data_args, run.record["training"]["seed"])["dev"]
-    model = FlexBertForSequenceClassification.from_pretrained(run.checkpoint).eval()
-    tokenizer = load_tokenizer(run.checkpoint)
-    features = task.tokenize(dev, tokenizer, data_args.max_seq_length)
-    dev_score = heldout_score(model, task, features, DataCollatorWithPadding(tokenizer))
-    report = {
-        "command": f"python benchmarks/budget_search.py --run {args.run} --budgets "
-        + " ".join(map(str, args.budgets))
-        + " --seeds "
-        + " ".join(map(str, args.seeds))
-        + f" --objective {args.objective} --heldout-samples {args.heldout_samples}",
-        "machine": machine_description(),
-        "versions": {"transformers": transformers.__version__},
-        "task": run.record["task"]["name"],
-        "score": "mean of the task's dev metrics",
-        "dev_examples": len(dev),
-        "rows": [],
-    }
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    data = run_splits(args.run, args.max_eval_samples)
+    model = FlexBertForSequenceClassification.from_pretrained(data.run.checkpoint).eval()
+    tokenizer = load_tokenizer(data.run.checkpoint)
+    features = data.task.tokenize(data.splits["dev"], tokenizer, data.max_seq_length)
+    dev_score = heldout_score(model, data.task, features, DataCollatorWithPadding(tokenizer))
+    report = run_record(
+        task=data.task.name,
+        score="mean of the task's dev metrics",
+        dev_examples=len(data.splits["dev"]),
+        seeds=args.seeds,
+        rows=[],
+    )
     caches = {seed: {} for seed in args.seeds}  # held-out scores per seed, shared by its budgets
     for seed, budget in [(seed, budget) for seed in args.seeds for budget in sorted(args.budgets, reverse=True)]:
         name = f"{args.objective}{budget}_seed{seed}"
@@ -78,7 +55,7 @@ def main() -> None:
             point = found[label]
             row[label] = None if point is None else asdict(point) | {"dev_score": dev_score(point.width, point.depth)}
         report["rows"].append(row)
-        output.write_text(json.dumps(report, indent=2))  # after every search: an interrupted run keeps its rows
+        write_report(args.output, report)  # after every search: an interrupted run keeps its rows
     print(table(report))
 
 

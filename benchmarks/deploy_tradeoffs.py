@@ -1,38 +1,31 @@
-"""Width x depth x precision as one trade-off table: each static sub-network of a flexible GLUE model run three ways
-— PyTorch fp32 (the sliced supernet), its ONNX export on ONNX Runtime (fp32), and that graph with dynamic INT8
-weights — with its dev metric and measured CPU latency, as ratios to the PyTorch fp32 full model in the same run.
+"""Width x depth x precision as one trade-off table: each static sub-network of a flexible classification run, run
+three ways — PyTorch fp32 (the sliced supernet), its ONNX export on ONNX Runtime (fp32), and that graph with
+dynamic INT8 weights — with its dev metric and measured CPU latency, as ratios to the PyTorch fp32 full model in
+the same run.
 
-    python benchmarks/deploy_tradeoffs.py --model runs/mrpc/width_depth --task mrpc \
-        --output benchmarks/results/deploy_tradeoffs_mrpc_cpu.json
+    python benchmarks/deploy_tradeoffs.py --run runs/mrpc --output benchmarks/results/deploy_tradeoffs_mrpc_cpu.json
 
-Dev metrics use the whole dev set at its real lengths (padded per batch of 32); latency is the median over
+The run's own data (any `transformers-flex train` run: GLUE, a Hub dataset or files). Dev metrics use the whole
+dev set (the run's, as it split it) at its real lengths (padded per batch of 32); latency is the median over
 interleaved rounds of one fixed batch (`--batch-size` x `--seq-length`, real dev sentences padded or cut to it), all
 runtimes on the same number of threads. Writes JSON (with versions and machine) and prints a Markdown table.
 """
 
 import argparse
-import json
-import os
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import numpy as np
+import onnxruntime as ort
+import torch
+from common import parse_or_show, run_record, run_splits, write_report
+from transformers import AutoTokenizer, DataCollatorWithPadding, EvalPrediction
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
+from transformers_flex import FlexBertForSequenceClassification
+from transformers_flex.evaluation import interleaved_medians
+from transformers_flex.export import ONNX_INPUTS, export_onnx, quantize_onnx
+from transformers_flex.flops import subnet_flops
 
-from transformers_flex import FlexBertForSequenceClassification  # noqa: E402
-from transformers_flex.data import GLUE_DEV_SPLIT, GLUE_TEXT_COLUMNS, load_glue  # noqa: E402
-from transformers_flex.evaluation import interleaved_medians, machine_description  # noqa: E402
-from transformers_flex.export import ONNX_INPUTS, export_onnx, quantize_onnx  # noqa: E402
-from transformers_flex.flops import subnet_flops  # noqa: E402
-from transformers_flex.metrics import glue_metrics, main_metric  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 PRECISIONS = ("torch_fp32", "onnx_fp32", "onnx_int8")
 
 
@@ -41,44 +34,42 @@ def parse_subnet(text: str) -> tuple[float, float]:
     return width, depth
 
 
-def dev_batches(tokenizer, dataset, task: str, batch_size: int) -> list[dict[str, np.ndarray]]:
-    """The dev set as padded int64 batches in dataset order."""
-    columns = [column for column in GLUE_TEXT_COLUMNS[task] if column]
-    batches = []
-    for start in range(0, len(dataset), batch_size):
-        rows = dataset[start : start + batch_size]
-        encoded = tokenizer(*(rows[column] for column in columns), padding=True, truncation=True, return_tensors="np")
-        batches.append({name: encoded[name].astype(np.int64) for name in ONNX_INPUTS})
-    return batches
+def dev_batches(features, tokenizer, batch_size: int) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """The tokenized dev set as padded int64 batches in dataset order, and its labels."""
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="np")
+    batches = [
+        collate([features[i] for i in range(start, min(start + batch_size, len(features)))])
+        for start in range(0, len(features), batch_size)
+    ]
+    labels = np.concatenate([batch["labels"] for batch in batches])
+    return [{name: batch[name].astype(np.int64) for name in ONNX_INPUTS} for batch in batches], labels
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="A flexible FlexBert classification checkpoint.")
-    parser.add_argument("--task", help="The GLUE task of its dev set.")
+    parser.add_argument("--run", help="A finished classification run directory (`transformers-flex train`).")
+    parser.add_argument("--stage", help="The stage whose checkpoint to measure (default: the run's final one).")
     parser.add_argument(
         "--subnets", nargs="+", type=parse_subnet, default=[(1.0, 1.0), (0.5, 1.0), (1.0, 0.5), (0.5, 0.5)]
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--max-eval-samples", type=int, help="Score only the dev set's first examples (smoke runs).")
     parser.add_argument("--output", help="Where to write the JSON.")
-    parser.add_argument("--show", help="Print the table of an existing result JSON and exit.")
-    args = parser.parse_args()
-    if args.show:
-        print(table(json.loads(Path(args.show).read_text())))
+    args = parse_or_show(parser, table, required=("run", "output"))
+    if args is None:
         return
-    if not all((args.model, args.task, args.output)):
-        parser.error("--model --task and --output are required (or --show RESULT.json).")
 
-    model = FlexBertForSequenceClassification.from_pretrained(args.model).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    dev = load_glue(args.task)[GLUE_DEV_SPLIT[args.task]]
-    labels = np.array(dev["label"])
-    batches = dev_batches(tokenizer, dev, args.task, 32)
-    columns = [column for column in GLUE_TEXT_COLUMNS[args.task] if column]
+    data = run_splits(args.run, args.max_eval_samples)
+    checkpoint = data.run.run_dir / args.stage if args.stage else data.run.checkpoint
+    model = FlexBertForSequenceClassification.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    dev = data.splits["dev"]
+    batches, labels = dev_batches(data.task.tokenize(dev, tokenizer, data.max_seq_length), tokenizer, 32)
+    compute_metrics = data.task.compute_metrics()
     timed = tokenizer(
-        *(dev[: args.batch_size][column] for column in columns),
+        *(dev[: args.batch_size][column] for column in data.task.text_columns),
         padding="max_length",
         truncation=True,
         max_length=args.seq_length,
@@ -111,17 +102,17 @@ def main() -> None:
             }
             sizes[width, depth] = {"onnx_fp32": fp32.stat().st_size, "onnx_int8": int8.stat().st_size}
             reference = torch_logits(width, depth)
-            scores[width, depth, "torch_fp32"] = glue_metrics(args.task, reference, labels)
+            scores[width, depth, "torch_fp32"] = compute_metrics(EvalPrediction(reference, labels))
             runners[width, depth, "torch_fp32"] = torch_runner(width, depth)
             for name, session in sessions.items():
                 logits = np.concatenate([session.run(None, batch)[0] for batch in batches])
-                scores[width, depth, name] = glue_metrics(args.task, logits, labels)
+                scores[width, depth, name] = compute_metrics(EvalPrediction(logits, labels))
                 parity[width, depth, name] = float(np.abs(logits - reference).max())  # vs PyTorch, whole dev set
                 runners[width, depth, name] = lambda session=session: session.run(None, timed)
         with torch.inference_mode():
             medians = interleaved_medians(runners, rounds=args.rounds, warmup=2, show_progress=True)
 
-    metric = main_metric(args.task)
+    metric = next(iter(scores[1.0, 1.0, "torch_fp32"]))  # the task's first metric (GLUE's ranking one)
     full = medians[1.0, 1.0, "torch_fp32"]
     full_flops = subnet_flops(model.config, 1.0, 1.0, args.seq_length)
     rows = [
@@ -141,18 +132,14 @@ def main() -> None:
         for width, depth in args.subnets
         for precision in PRECISIONS
     ]
-    report = {
-        "command": "python benchmarks/deploy_tradeoffs.py "
-        + f"--model {args.model} --task {args.task} --subnets "
-        + " ".join(f"{w},{d}" for w, d in args.subnets)
-        + f" --batch-size {args.batch_size} --seq-length {args.seq_length} --rounds {args.rounds}",
-        "machine": machine_description(),
-        "versions": {"transformers": transformers.__version__, "onnxruntime": ort.__version__},
-        "dev_examples": len(dev),
-        "rows": rows,
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2))
+    report = run_record(
+        task=data.task.name,
+        checkpoint=str(checkpoint),
+        dev_examples=len(dev),
+        timed_batch={"batch_size": args.batch_size, "seq_length": args.seq_length, "rounds": args.rounds},
+        rows=rows,
+    )
+    write_report(args.output, report)
     print(table(report))
 
 

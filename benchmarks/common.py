@@ -1,0 +1,112 @@
+"""What the benchmark scripts share: offline flags set before any Hugging Face import (import this module first),
+the record every result JSON carries (the command that made it, machine, versions), `--show` to print an existing
+result's table, and a finished run's data split as the run saw it."""
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from transformers_flex.evaluation import machine_description  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+RECORDED_PACKAGES = ("torch", "transformers", "datasets", "peft", "onnxruntime", "transformers-flex")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a result can depend on (those installed)."""
+    versions = {}
+    for package in RECORDED_PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue  # an optional extra that is not installed
+    return versions
+
+
+def command_line() -> str:
+    """The command that is running, as one would type it from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(Path.cwd())
+    except ValueError:
+        pass  # run from elsewhere: the absolute path
+    return shlex.join(["python", str(script), *sys.argv[1:]])
+
+
+def source_commit() -> str | None:
+    """The repository commit the scripts ran from (None outside a git checkout)."""
+    try:
+        found = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    except OSError:  # no git on this machine
+        return None
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def run_record(**extra) -> dict:
+    """The head of a result JSON: command, commit, machine, versions, then `extra` (task, seeds, sizes)."""
+    machine, versions = machine_description(), package_versions()
+    return {"command": command_line(), "commit": source_commit(), "machine": machine, "versions": versions, **extra}
+
+
+def write_report(path: str | Path, report: dict) -> None:
+    """Write `report` as JSON, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def parse_or_show(
+    parser: argparse.ArgumentParser, table: Callable[[dict], str], required: tuple[str, ...]
+) -> argparse.Namespace | None:
+    """Parse the command line; with `--show RESULT.json`, print that result's table instead and return None. The
+    `required` options are needed only when measuring."""
+    parser.add_argument("--show", metavar="RESULT.json", help="Print the table of an existing result JSON and exit.")
+    args = parser.parse_args()
+    if args.show:
+        print(table(json.loads(Path(args.show).read_text())))
+        return None
+    missing = [f"--{name.replace('_', '-')}" for name in required if getattr(args, name) is None]
+    if missing:
+        parser.error(f"{' '.join(missing)} required (or --show RESULT.json).")
+    return args
+
+
+@dataclass
+class RunSplits:
+    """A finished `transformers-flex train` run with its task and its data, split as the run split it.
+
+    Args:
+        run: The run (`transformers_flex.hub.Run`): results, record, final checkpoint.
+        task: Its `FlexTask`.
+        max_seq_length: The length the run tokenized to.
+        splits: `train`, `heldout` (the importance slice), `dev` and `extra_dev`, untokenized.
+    """
+
+    run: object
+    task: object
+    max_seq_length: int
+    splits: dict
+
+
+def run_splits(run_dir: str | Path, max_eval_samples: int | None = None) -> RunSplits:
+    """The run in `run_dir` and its data; `max_eval_samples` keeps the dev set's first examples (smoke runs)."""
+    from transformers_flex.hub import read_run
+    from transformers_flex.training_pipeline import load_task, recorded_data_arguments, select_splits
+
+    run = read_run(run_dir)
+    data_args = recorded_data_arguments(run.record)
+    task, raw = load_task(data_args)
+    splits = select_splits(task, raw, data_args, run.record["training"]["seed"])
+    if max_eval_samples is not None:
+        splits["dev"] = splits["dev"].select(range(min(max_eval_samples, len(splits["dev"]))))
+    return RunSplits(run, task, data_args.max_seq_length, splits)
