@@ -5,6 +5,7 @@ calls and exports use; bad budgets and points get clear errors."""
 
 import itertools
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -36,6 +37,29 @@ def test_greedy_equals_brute_force_when_losses_add_up():
         assert point.cost <= budget and point.score == pytest.approx(score(best, 1.0))
         assert point.width[1] <= point.width[0]  # the least important layer narrows first
     assert greedy_widths(4, WIDTHS, 1.0, range(4), score, cost, 0.2) is None  # below the narrowest model
+
+
+def test_a_larger_budget_never_gets_a_lower_scoring_point():
+    """Held-out scores are not monotone in width (noise; a narrower layer can score higher): with random scores, the
+    point for a budget is the best of the whole greedy path within it, so scores never fall as the budget grows, and
+    the tightest budget that fits the narrowest model still finds the best-scoring fitting point of the path."""
+    generator = random.Random(0)
+    scores: dict[tuple, float] = {}
+
+    def score(width, depth):
+        return scores.setdefault(tuple(width), generator.random())
+
+    def cost(width, depth):
+        return sum(width) / len(width)
+
+    budgets = [0.25, 0.4, 0.55, 0.7, 0.85, 1.0]
+    points = [greedy_widths(4, WIDTHS, 1.0, range(4), score, cost, budget) for budget in budgets]
+    for point, budget in zip(points, budgets):
+        assert point.cost <= budget and point.score == scores[tuple(point.width)]
+    assert all(looser.score >= tighter.score for tighter, looser in zip(points, points[1:]))
+    # Budget 1.0: the best of everything scored (steps save equal cost here, so each moves to its best candidate).
+    assert points[-1].score == max(scores.values())
+    assert points[0].width == [0.25] * 4  # only the narrowest model fits 0.25
 
 
 def test_search_keeps_the_budget_over_depths_and_compares_with_uniform(tiny_config):

@@ -4,11 +4,12 @@ A budget is a fraction of the full model's cost, by FLOPs (`flops`, the analytic
 by measured latency on this machine (`latency`: a lookup table of one layer's time at every width, at a batch size
 and length, plus the embeddings' and head's time, so a candidate's latency is a sum, not a new timing).
 
-The search (`search_operating_point`) is greedy, for every depth of the model: start at full width, and while the
-candidate is over budget, narrow by one step the layer whose narrowing loses the least held-out score per unit of
-cost saved (the marginal-utility rule for knapsack-like problems whose cost is additive over layers, as here). Each
-step scores one candidate per layer, so a 6-layer, 4-width model needs at most 6 x 18 evaluations per depth, against
-thousands for an evolutionary search over the 4^6 width lists. Scores come from a held-out slice of the *training*
+The search (`search_operating_point`) is greedy, for every depth of the model: start at full width and narrow by
+one step, again and again down to the narrowest widths, the layer whose narrowing loses the least held-out score per
+unit of cost saved (the marginal-utility rule for knapsack-like problems whose cost is additive over layers, as
+here); the answer is the best-scoring point of that path within the budget. Each step scores one candidate per
+layer, so a 6-layer, 4-width model needs at most 6 x 18 evaluations per depth, against thousands for an evolutionary
+search over the 4^6 width lists. Scores come from a held-out slice of the *training*
 data (the pipeline's importance examples), never dev. The best uniform sub-network under the same budget is scored
 the same way, for comparison.
 """
@@ -78,13 +79,17 @@ def greedy_widths(
     cost: Cost,
     budget: float,
 ) -> OperatingPoint | None:
-    """Narrow the kept layers one width step at a time, least score lost per cost saved first, until the candidate
-    costs at most `budget`; None when even the narrowest kept layers cost more."""
+    """Narrow the kept layers one width step at a time, least score lost per cost saved first, down to the narrowest
+    widths, and return the best-scoring point of that path that costs at most `budget`; None when even the narrowest
+    kept layers cost more. The path goes on past the first point that fits: held-out scores are not monotone in width,
+    and a point further on may score higher — and so one path serves every budget, and a larger budget never gets a
+    lower-scoring point than a smaller one."""
     steps = sorted(widths, reverse=True)
     current = [steps[0]] * num_layers
     current_score, current_cost = score(current, depth), cost(current, depth)
-    while current_cost > budget:
-        best = None
+    best_fit = OperatingPoint(current, depth, current_cost, current_score) if current_cost <= budget else None
+    while True:
+        best_step = None
         for layer in kept:
             position = steps.index(current[layer])
             if position + 1 == len(steps):
@@ -93,12 +98,13 @@ def greedy_widths(
             candidate_score, candidate_cost = score(candidate, depth), cost(candidate, depth)
             saved = max(current_cost - candidate_cost, 1e-12)
             loss_per_cost = (current_score - candidate_score) / saved
-            if best is None or loss_per_cost < best[0]:
-                best = (loss_per_cost, candidate, candidate_score, candidate_cost)
-        if best is None:
-            return None
-        _, current, current_score, current_cost = best
-    return OperatingPoint(current, depth, current_cost, current_score)
+            if best_step is None or loss_per_cost < best_step[0]:
+                best_step = (loss_per_cost, candidate, candidate_score, candidate_cost)
+        if best_step is None:
+            return best_fit  # every kept layer is at the narrowest width: the path ends
+        _, current, current_score, current_cost = best_step
+        if current_cost <= budget and (best_fit is None or current_score > best_fit.score):
+            best_fit = OperatingPoint(current, depth, current_cost, current_score)
 
 
 def search_operating_point(
@@ -111,9 +117,8 @@ def search_operating_point(
 ) -> tuple[OperatingPoint | None, OperatingPoint | None]:
     """The best operating point under `budget` (the best of every depth's greedy result and of the uniform
     sub-networks that fit), and the best uniform (one width for all layers) sub-network under it, both scored by
-    `score`; None where nothing fits. `cache` keeps scores across calls with the same `score`: the greedy path to
-    a smaller budget passes through the larger ones, so searching several budgets costs about as much as the
-    smallest."""
+    `score`; None where nothing fits. `cache` keeps scores across calls with the same `score`: every budget walks
+    the same greedy path, so searching several budgets costs about as much as one."""
     if not 0 < budget <= 1:
         raise ValueError(f"The budget is a fraction of the full model's cost in (0, 1], got {budget}.")
     config, encoder = model.config, model.base_model.encoder
