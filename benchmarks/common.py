@@ -18,7 +18,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from transformers_flex.evaluation import machine_description  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 RECORDED_PACKAGES = ("torch", "transformers", "datasets", "peft", "onnxruntime", "transformers-flex")
 
 
