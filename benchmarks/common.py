@@ -65,12 +65,19 @@ def write_report(path: str | Path, report: dict) -> None:
 
 
 def parse_or_show(
-    parser: argparse.ArgumentParser, table: Callable[[dict], str], required: tuple[str, ...]
+    parser: argparse.ArgumentParser,
+    table: Callable[[dict], str],
+    required: tuple[str, ...],
+    pass_through: bool = False,
 ) -> argparse.Namespace | None:
     """Parse the command line; with `--show RESULT.json`, print that result's table instead and return None. The
-    `required` options are needed only when measuring."""
+    `required` options are needed only when measuring. With `pass_through`, options the parser does not know are
+    kept, in order, as `args.passed_on` (for a script that hands them to another command)."""
     parser.add_argument("--show", metavar="RESULT.json", help="Print the table of an existing result JSON and exit.")
-    args = parser.parse_args()
+    if pass_through:
+        args, args.passed_on = parser.parse_known_args()
+    else:
+        args = parser.parse_args()
     if args.show:
         print(table(json.loads(Path(args.show).read_text())))
         return None

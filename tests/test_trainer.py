@@ -585,3 +585,50 @@ def test_distillation_reaches_forwards_run_in_other_threads(tiny_config, tmp_pat
         torch.testing.assert_close(threaded, direct, atol=1e-6, rtol=0)
         losses.add(round(float(direct), 5))
     assert len(losses) > 1  # the sub-networks really differ
+
+
+@pytest.mark.parametrize("width, depth", [(0.5, 1.0), (1.0, 0.5)])
+def test_a_fixed_subnetwork_trains_like_the_model_cut_to_it(tiny_config, tmp_path, width, depth):
+    """`train_subnets` of one pair is a fixed-size baseline: the final stage on that sub-network gives the weights
+    that plain fine-tuning of the physically cut model gives, and leaves every other weight alone."""
+    tiny_config.hidden_dropout_prob = tiny_config.attention_probs_dropout_prob = 0.0  # no draws that depend on shape
+    torch.manual_seed(0)
+    flexible = FlexBertForSequenceClassification(tiny_config)
+    initial = copy.deepcopy(flexible.state_dict())
+    cut = flexible.export_subnet(width=width, depth=depth)
+    data = random_classification_dataset(24)
+    common = dict(per_device_train_batch_size=8, learning_rate=1e-3, optim="adamw_torch", max_steps=3)
+    for model, stage, subnets in ((flexible, "final", [f"{width},{depth}"]), (cut, "teacher", None)):
+        args = make_args(tmp_path / stage, flex_stage=stage, train_subnets=subnets, **common)
+        trainer = FlexTrainer(model=model, args=args, train_dataset=data, data_collator=pad_collate)
+        assert trainer.eval_subnets() == ([(width, depth)] if stage == "final" else [(1.0, 1.0)])
+        trainer.train()
+    trained_cut = flexible.export_subnet(width=width, depth=depth).state_dict()
+    for name, value in cut.state_dict().items():
+        torch.testing.assert_close(trained_cut[name], value, atol=1e-6, rtol=1e-5, msg=name)
+    state = flexible.state_dict()
+    if width < 1.0:  # the heads and neurons outside the sub-network are untouched
+        kept_rows = tiny_config.hidden_size // 2
+        for layer in range(tiny_config.num_hidden_layers):
+            query = f"bert.encoder.layer.{layer}.attention.self.query.weight"
+            assert torch.equal(state[query][kept_rows:], initial[query][kept_rows:])
+            assert not torch.equal(state[query][:kept_rows], initial[query][:kept_rows])
+    else:  # every_other at depth 0.5 keeps layers 0 and 2: layers 1 and 3 are untouched
+        for name in state:
+            if ".layer.1." in name or ".layer.3." in name:
+                assert torch.equal(state[name], initial[name]), name
+
+
+def test_train_subnets_must_name_subnetworks_of_the_stage(tiny_config, tmp_path):
+    student, teacher = make_models(tiny_config)
+    with pytest.raises(ValueError, match="width,depth pairs"):
+        make_args(tmp_path, flex_stage="final", train_subnets=["0.5"])
+    with pytest.raises(ValueError, match="one stage"):
+        make_args(tmp_path, flex_stage="teacher", train_subnets=["1.0,1.0"])
+    with pytest.raises(ValueError, match=r"not sub-networks of the width stage.*full depth only"):
+        FlexTrainer(
+            model=student,
+            args=make_args(tmp_path, flex_stage="width", train_subnets=["0.5,0.5"]),
+            teacher_model=teacher,
+            data_collator=pad_collate,
+        )

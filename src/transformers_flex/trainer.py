@@ -33,11 +33,21 @@ logger = logging.get_logger(__name__)
 Subnet = tuple[float, float]
 
 
-def stage_subnets(config, stage: str) -> list[Subnet]:
-    """The (width, depth) pairs a stage trains, largest first: depth descending, then width descending."""
+def stage_subnets(config, stage: str, only: list[Subnet] | None = None) -> list[Subnet]:
+    """The (width, depth) pairs a stage trains, largest first: depth descending, then width descending; `only`
+    keeps those pairs (each must be one of the stage's)."""
     if stage in ("teacher", "ramps", "gates"):
         return [(1.0, 1.0)]
-    return subnet_grid(config, full_depth_only=stage == "width")
+    subnets = subnet_grid(config, full_depth_only=stage == "width")
+    if only is None:
+        return subnets
+    unknown = [pair for pair in only if pair not in subnets]
+    if unknown:
+        raise ValueError(
+            f"train_subnets {unknown} are not sub-networks of the {stage} stage: it trains {subnets} (width_mults x "
+            f"depth_mults of the config{', full depth only' if stage == 'width' else ''})."
+        )
+    return [pair for pair in subnets if pair in only]
 
 
 def sandwich_subnets(subnets: list[Subnet], num_random: int, rng: random.Random) -> list[Subnet]:
@@ -121,6 +131,7 @@ class FlexTrainer(Trainer):
                 f"The {args.flex_stage} stage runs one backward per sub-network, which DeepSpeed's engine cannot "
                 "accumulate into one step: train with DDP (torchrun) instead."
             )
+        self.eval_subnets()  # `train_subnets` outside the config's grid fails now, not at the first step
         self.teacher_model = None
         if teacher_model is not None:
             self.teacher_model = teacher_model.to(self.args.device).eval().requires_grad_(False)
@@ -142,7 +153,7 @@ class FlexTrainer(Trainer):
     def step_subnets(self) -> list[Subnet]:
         """The sub-networks trained this step; sandwich draws depend on (seed, step) only, so resumes and DDP ranks
         draw the same ones."""
-        subnets = stage_subnets(self.flex_model.config, self.args.flex_stage)
+        subnets = stage_subnets(self.flex_model.config, self.args.flex_stage, self.args.selected_subnets())
         if self.args.subnet_sampling == "all":
             return subnets
         rng = random.Random(self.args.seed * 1_000_003 + self.state.global_step)
@@ -152,7 +163,7 @@ class FlexTrainer(Trainer):
         """The sub-networks `evaluate` reports: every one the stage trains, or the full model only."""
         if not self.args.eval_all_subnets:
             return [(1.0, 1.0)]
-        return stage_subnets(self.flex_model.config, self.args.flex_stage)
+        return stage_subnets(self.flex_model.config, self.args.flex_stage, self.args.selected_subnets())
 
     # --- training ----------------------------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ RUN_CONFIG_NAME = "run_config.json"
 RESULTS_NAME = "results.json"
 STAGE_RESULTS_NAME = "stage_results.json"
 SUBNET_SAMPLING = ("all", "sandwich")
+# Stages that train several sub-networks, and so can be restricted to some (`train_subnets`).
+SUBNET_STAGES = ("width", "width_depth", "final")
 TEACHER_WIDTHS = ("full", "same")
 GRAFTING_ALPHA_MODES = ("fixed", "entropy")
 
@@ -80,6 +82,10 @@ class FlexTrainingArguments(TrainingArguments):
         gate_span_f1 (`float`, defaults to 0.5):
             Extractive QA: a width counts as correct for a window when its argmax span has at least this token-overlap
             F1 with the gold span.
+        train_subnets (`list[str]`, *optional*):
+            Train (and evaluate) only these sub-networks of the stage, each `width,depth` (e.g. `0.5,1.0`): one pair
+            makes a fixed-size model (the `final` stage fine-tunes it on gold labels, `width`/`width_depth` distil
+            into it), the baselines a flexible model is compared with. Default: every sub-network of the stage.
         eval_all_subnets (`bool`, defaults to `True`):
             Evaluate every sub-network of the stage (`eval_w0.5_d1.0_accuracy`-style keys); otherwise only the full
             model.
@@ -132,6 +138,10 @@ class FlexTrainingArguments(TrainingArguments):
     ramp_widths: str = field(
         default="full", metadata={"help": "Train ramps at full width or at every width.", "choices": list(RAMP_WIDTHS)}
     )
+    train_subnets: list[str] | None = field(
+        default=None,
+        metadata={"help": "Only these sub-networks, as width,depth pairs (e.g. 0.5,1.0): a fixed-size model."},
+    )
     eval_all_subnets: bool = field(default=True, metadata={"help": "Evaluate every sub-network of the stage."})
 
     def __post_init__(self):
@@ -158,11 +168,30 @@ class FlexTrainingArguments(TrainingArguments):
             )
         if self.grafting_times_per_epoch < 1:
             raise ValueError(f"`grafting_times_per_epoch` must be >= 1, got {self.grafting_times_per_epoch}.")
+        self.selected_subnets()  # a malformed pair fails here, before anything is trained
+        if self.train_subnets and self.flex_stage not in SUBNET_STAGES:
+            raise ValueError(
+                f"`train_subnets` makes a fixed-size model in one stage (`flex_stage` one of {SUBNET_STAGES}), not in "
+                f"{self.flex_stage!r}."
+            )
         # Narrow or shallow sub-networks leave parameters unused in a step; DDP must look for them
         # (docs/architecture.md#ddp-unused-parameters).
         if self.ddp_find_unused_parameters is None and self.flex_stage != "teacher":
             self.ddp_find_unused_parameters = True
         super().__post_init__()
+
+    def selected_subnets(self) -> list[tuple[float, float]] | None:
+        """`train_subnets` as (width, depth) pairs, or None for every sub-network of the stage."""
+        if not self.train_subnets:
+            return None
+        pairs = []
+        for text in self.train_subnets:
+            try:
+                width, depth = (float(part) for part in text.split(","))
+            except ValueError:
+                raise ValueError(f"`train_subnets` takes width,depth pairs such as 0.5,1.0; got {text!r}.") from None
+            pairs.append((width, depth))
+        return pairs
 
     def loss_weights(self) -> tuple[float, float]:
         """(lambda_logits, lambda_hidden) of the current stage: the explicit values, else the stage defaults."""

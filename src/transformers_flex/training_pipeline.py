@@ -68,9 +68,11 @@ STAGE_TRAINING_FIELDS = {
     "teacher": (),
     "rewire": ("importance_batch_size",),
     "width": ("subnet_sampling", "num_random_subnets", "lambda_logits", "lambda_hidden", "importance_batch_size")
-    + ("grafting", "grafting_alpha", "grafting_alpha_mode", "grafting_entropy_c", "grafting_times_per_epoch"),
-    "width_depth": ("subnet_sampling", "num_random_subnets", "lambda_logits", "lambda_hidden", "teacher_width"),
-    "final": ("subnet_sampling", "num_random_subnets"),
+    + ("train_subnets", "grafting", "grafting_alpha", "grafting_alpha_mode", "grafting_entropy_c")
+    + ("grafting_times_per_epoch",),
+    "width_depth": ("subnet_sampling", "num_random_subnets", "lambda_logits", "lambda_hidden", "teacher_width")
+    + ("train_subnets",),
+    "final": ("subnet_sampling", "num_random_subnets", "train_subnets"),
     "ramps": ("ramp_training", "ramp_widths"),
     "gates": ("gate_temperature_start", "gate_temperature_end", "gate_regression_tolerance", "gate_span_f1"),
 }
