@@ -1,6 +1,6 @@
 """What the benchmark scripts share: offline flags set before any Hugging Face import (import this module first),
 the record every result JSON carries (the command that made it, machine, versions), `--show` to print an existing
-result's table, and a finished run's data split as the run saw it."""
+result's table, and a finished run's checkpoints and data, split as the run saw it (`--run RUN [--stage S]`)."""
 
 import argparse
 import json
@@ -87,6 +87,18 @@ def parse_or_show(
     return args
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, stage_help: str = "the run's final one") -> None:
+    """`--run`, `--stage` and `--max-eval-samples`: which finished run, which of its checkpoints, how much dev data."""
+    parser.add_argument("--run", help="A finished `transformers-flex train` run directory.")
+    parser.add_argument("--stage", help=f"The stage whose checkpoint to measure (default: {stage_help}).")
+    parser.add_argument("--max-eval-samples", type=int, help="Use only the dev set's first examples (smoke runs).")
+
+
+def main_metric(scores: dict) -> str:
+    """The name of the first metric a task reports (GLUE's ranking one; accuracy for other classification)."""
+    return next(iter(scores))
+
+
 @dataclass
 class RunSplits:
     """A finished `transformers-flex train` run with its task and its data, split as the run split it.
@@ -102,6 +114,34 @@ class RunSplits:
     task: object
     max_seq_length: int
     splits: dict
+
+    def checkpoint(self, stage: str | None = None) -> Path:
+        """The checkpoint folder of `stage` (None: the run's final stage)."""
+        if stage is None:
+            return self.run.checkpoint
+        folder = self.run.run_dir / stage
+        if not (folder / "config.json").is_file():
+            raise SystemExit(f"The run {self.run.run_dir} has no {stage!r} checkpoint (no {folder / 'config.json'}).")
+        return folder
+
+    def batches(self, split: str, tokenizer, batch_size: int, max_examples: int | None = None) -> list[dict]:
+        """`split` (its first `max_examples`) tokenized as the run did, in length-bucketed padded batches."""
+        from transformers import DataCollatorWithPadding
+
+        from transformers_flex.evaluation import length_bucketed_batches
+
+        examples = self.splits[split]
+        if max_examples is not None:
+            examples = examples.select(range(min(max_examples, len(examples))))
+        tokenized = self.task.tokenize(examples, tokenizer, self.max_seq_length)
+        return length_bucketed_batches(tokenized, DataCollatorWithPadding(tokenizer), batch_size)
+
+    def scores(self, logits, labels) -> dict[str, float]:
+        """The task's dev metrics of `logits` (tensors or arrays) against `labels`."""
+        import numpy as np
+        from transformers import EvalPrediction
+
+        return self.task.compute_metrics()(EvalPrediction(np.asarray(logits), np.asarray(labels)))
 
 
 def run_splits(run_dir: str | Path, max_eval_samples: int | None = None) -> RunSplits:

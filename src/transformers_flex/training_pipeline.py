@@ -429,6 +429,8 @@ def stage_settings(stage: str, starts_from: str, args: tuple) -> dict:
         if switch in settings and settings[switch] in (False, "all"):
             for name in dependent:
                 settings.pop(name, None)
+    if settings.get("train_subnets", ()) is None:  # every sub-network: unrecorded, so runs made before still match
+        del settings["train_subnets"]
     return settings
 
 
