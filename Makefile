@@ -38,8 +38,10 @@ demo: setup
 test: setup setup-oldest
 	$(OFFLINE) FLEX_OLDEST_PYTHON=$(CURDIR)/$(OLDEST)/bin/python $(BIN)/pytest -q
 
+# smoke: every benchmark script on tiny runs (minutes); cpu: the full CPU protocol (hours); gpu: the H100/H200 script.
+BUDGET ?= smoke
 bench: setup
-	$(OFFLINE) $(BIN)/python benchmarks/subnet_latency.py
+	$(OFFLINE) $(BIN)/python benchmarks/suite.py --budget $(BUDGET)
 
 lint: setup
 	$(BIN)/ruff check .

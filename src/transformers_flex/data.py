@@ -1,12 +1,17 @@
 """Data loading: GLUE from the Hub's `nyu-mll/glue` or a local mirror with the same layout, any Hub dataset, or
 local CSV / JSON lines / parquet files; and GLUE preprocessing."""
 
-from pathlib import Path
+from __future__ import annotations  # the annotations name `datasets` classes, imported only where data is loaded
 
-from datasets import Dataset, DatasetDict, load_dataset
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from transformers import PreTrainedTokenizerBase
 
 from .utils import default_data_dir
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
 
 HUB_GLUE = "nyu-mll/glue"
 
@@ -42,6 +47,8 @@ def glue_num_labels(task: str) -> int:
 
 def load_glue(task: str, data_dir: str | Path | None = None, hub_dataset: str = HUB_GLUE) -> DatasetDict:
     """Load a GLUE task from `data_dir` (a mirror laid out like `nyu-mll/glue`), the default mirror, or the Hub."""
+    from datasets import load_dataset  # here, so that inference needs no `datasets` (a GPU image may lack it)
+
     check_glue_task(task)
     local = Path(data_dir) if data_dir is not None else default_data_dir()
     if data_dir is not None and not (local / "glue" / task).is_dir():
@@ -58,6 +65,8 @@ DATA_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parque
 def load_data_files(files: dict[str, str | Path]) -> DatasetDict:
     """Load local data files by split name (e.g. `{"train": "train.csv", "validation": "dev.jsonl"}`); the format
     of each comes from its extension, so the splits may differ in format."""
+    from datasets import DatasetDict, load_dataset
+
     splits = {}
     for split, path in files.items():
         path = Path(path)

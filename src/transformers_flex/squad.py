@@ -22,16 +22,20 @@ Columns follow the Hub's `rajpurkar/squad`: `id`, `title`, `context`, `question`
 `answers = {"text": [...], "answer_start": [...]}`.
 """
 
+from __future__ import annotations  # `DatasetDict` in annotations, imported only where data is loaded
+
 import re
 import string
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import DatasetDict, load_dataset
 from transformers import BatchEncoding, EvalPrediction, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
 
 from .flexbert_qa import (
     DOC_STRIDE,
@@ -57,6 +61,8 @@ HUB_SQUAD = "rajpurkar/squad"
 def load_squad(data_dir: str | Path | None = None, hub_dataset: str = HUB_SQUAD) -> DatasetDict:
     """SQuAD v1.1 (`train` 87,599, `validation` 10,570): the local mirror `<data_dir>/squad` where it exists
     (default: `utils.default_data_dir()`), else the Hub dataset."""
+    from datasets import load_dataset  # here, so that inference needs no `datasets` (a GPU image may lack it)
+
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     if root is not None and (root / "squad").is_dir():
         return load_dataset(str(root / "squad"), "plain_text")

@@ -1,0 +1,145 @@
+"""The benchmark suite at three budgets (`make bench BUDGET=smoke|cpu|gpu`).
+
+- `smoke`: every benchmark script on tiny runs (two training steps, 32 tokens, a few dev examples), each writing its
+  JSON into a scratch folder: minutes, part of `make test`, and it fails when any script breaks. The tiny runs are
+  trained here unless `--classification-run` / `--qa-run` name finished ones.
+- `cpu`: the full CPU protocol, the commands that made the committed results (hours on 2 cores; resumable: a run
+  that finished is read back). Subsets are stated in each command.
+- `gpu`: `benchmarks/gpu_throughput.py`, the throughput script for a lent H100/H200; on a machine without CUDA it
+  runs its tiny CPU fallback and says what it would measure.
+
+    python benchmarks/suite.py --budget smoke
+    python benchmarks/suite.py --budget cpu --only fixed_size_baselines
+"""
+
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = "benchmarks/results"
+# The smallest training budget that trains every stage (as the test suite's shared runs do).
+TINY_TRAINING = "--max_steps 2 --per_device_train_batch_size 8 --max_seq_length 32 --importance_samples 8"
+TINY_TRAINING += " --max_train_samples 32 --max_eval_samples 16 --use_cpu --report_to none --disable_tqdm true"
+TINY_DYNAMIC = "--subnet_sampling sandwich --exit_layers 2 4 --gate_block_size 3 --ramps_learning_rate 1e-3"
+TINY_RUNS = {
+    "classification_run": f"--task_name mrpc {TINY_TRAINING} {TINY_DYNAMIC}",
+    "qa_run": f"--task_name squad {TINY_TRAINING.replace('32 --imp', '128 --doc_stride 32 --imp')} {TINY_DYNAMIC}",
+}
+# script -> its smoke command's arguments: {classification_run} and {qa_run} are the tiny runs, {out} the scratch
+# folder, {results} the committed results (scripts that read JSON only).
+SMOKE = {
+    "deploy_tradeoffs": "--run {classification_run} --subnets 1.0,1.0 0.5,0.5 --rounds 1 --batch-size 2 "
+    "--seq-length 16 --max-eval-samples 8 --output {out}/deploy_tradeoffs.json",
+    "budget_search": "--run {classification_run_copy} --budgets 0.7 --seeds 0 --heldout-samples 8 "
+    "--max-eval-samples 8 --output {out}/budget_search.json",
+    "fixed_size_baselines": "--task_name mrpc --output_dir {out}/baselines --baselines first3_ft width0.5_kd "
+    f"--output {{out}}/fixed_size_baselines.json {TINY_TRAINING}",
+    "render_results": "--check",
+    "gpu_throughput:pack": "--pack --run {classification_run} --into {out}/device_pack --max-eval-samples 16 "
+    "--geep-train-examples 16",
+    "gpu_throughput": "--packed {out}/device_pack --output {out}/gpu_throughput.json",
+}
+# The full CPU protocol: the commands that made the committed results, in the order their inputs need.
+CPU = {
+    "fixed_size_baselines": "--task_name mrpc --output_dir runs/bench/mrpc_seed42 --seed 42 --max_seq_length 128 "
+    f"--output {RESULTS}/baselines_mrpc_seed42.json",
+}
+# Here: the script's CPU fallback on the tiny run. On a lent GPU, pack a real run here and measure there
+# (docs/guide.md, "Benchmarks on a GPU").
+GPU = {name: arguments for name, arguments in SMOKE.items() if name.startswith("gpu_throughput")}
+BUDGETS = {"smoke": SMOKE, "cpu": CPU, "gpu": GPU}
+
+
+def train_tiny_runs(folder: Path, given: dict[str, str | None], needed: set[str]) -> dict[str, str]:
+    """The `needed` tiny runs: those given, the others trained into `folder` (a minute each)."""
+    runs = {}
+    for name, arguments in TINY_RUNS.items():
+        if name not in needed:
+            continue
+        if given.get(name):
+            runs[name] = given[name]
+            continue
+        runs[name] = str(folder / name)
+        command = [str(Path(sys.executable).parent / "transformers-flex"), "train", "--output_dir", runs[name]]
+        print(f"training the tiny {name} ...", flush=True)
+        subprocess.run([*command, *shlex.split(arguments)], check=True, capture_output=True, text=True)
+    return runs
+
+
+def writable_copy(run_dir: str, copy: Path) -> str:
+    """The run's record and final (gates) checkpoint in a folder of their own, for a script that writes to the run."""
+    copy.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "run_config.json"):
+        shutil.copy(Path(run_dir) / name, copy / name)
+    shutil.copytree(Path(run_dir) / "gates", copy / "gates", ignore=shutil.ignore_patterns("checkpoint-*"))
+    return str(copy)
+
+
+def command_for(name: str, arguments: str, fields: dict[str, str]) -> list[str]:
+    """The command line of one benchmark (`script` or `script:step`): a Python or shell script under benchmarks/."""
+    path = ROOT / "benchmarks" / name.split(":")[0]
+    argv = shlex.split(arguments.format(**fields))
+    if path.with_suffix(".sh").is_file():
+        return ["bash", str(path.with_suffix(".sh")), *argv]
+    return [sys.executable, str(path.with_suffix(".py")), *argv]
+
+
+def run_all(commands: dict[str, list[str]], timeout: float | None) -> dict[str, tuple[bool, float]]:
+    """Run every command from the repository root; (passed, seconds) of each, printing failures' output."""
+    outcomes = {}
+    for name, command in commands.items():
+        print(f"--- {name}: {shlex.join(command)}", flush=True)
+        start = time.perf_counter()
+        try:
+            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+            passed, output = result.returncode == 0, result.stdout + result.stderr
+        except subprocess.TimeoutExpired as expired:
+            passed, output = False, f"timed out after {timeout} s\n{expired.stderr or ''}"
+        outcomes[name] = passed, time.perf_counter() - start
+        if not passed:
+            print(output[-4000:], flush=True)
+    return outcomes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", choices=list(BUDGETS), default="smoke")
+    parser.add_argument("--only", nargs="+", help="Run only these benchmarks (script names).")
+    parser.add_argument("--classification-run", help="smoke: a finished tiny classification run to reuse.")
+    parser.add_argument("--qa-run", help="smoke: a finished tiny extractive-QA run to reuse.")
+    parser.add_argument("--out", help="smoke: the scratch folder (default: a temporary one).")
+    parser.add_argument("--timeout", type=float, default=None, help="Seconds one command may take.")
+    args = parser.parse_args()
+    chosen = BUDGETS[args.budget]
+    unknown = set(args.only or ()) - set(chosen)
+    if unknown:
+        raise SystemExit(f"--only {sorted(unknown)}: the {args.budget} budget has {sorted(chosen)}.")
+    selected = {name: chosen[name] for name in args.only or chosen}
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(args.out or scratch)
+        out.mkdir(parents=True, exist_ok=True)
+        fields = {"out": str(out), "results": RESULTS}
+        if args.budget in ("smoke", "gpu"):
+            given = {"classification_run": args.classification_run, "qa_run": args.qa_run}
+            needed = {name for name in TINY_RUNS if any(name in arguments for arguments in selected.values())}
+            fields |= train_tiny_runs(out, given, needed)
+            if "classification_run" in fields:
+                fields["classification_run_copy"] = writable_copy(fields["classification_run"], out / "run_copy")
+        commands = {name: command_for(name, arguments, fields) for name, arguments in selected.items()}
+        outcomes = run_all(commands, args.timeout)
+    print(f"\n{args.budget} budget:")
+    for name, (passed, seconds) in outcomes.items():
+        print(f"  {'ok  ' if passed else 'FAIL'} {name} ({seconds:.0f} s)")
+    failed = [name for name, (passed, _) in outcomes.items() if not passed]
+    if failed:
+        raise SystemExit(f"{len(failed)} benchmark(s) failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
