@@ -82,17 +82,33 @@ def baseline_row(name: str, folder: Path, metric: str, config: FlexBertConfig, f
     }
 
 
+def add_flexible_scores(report: dict, path: str) -> None:
+    """The flexible model's score of each baseline's (width, depth) sub-network, from its summarize_glue.py JSON."""
+    (summary,) = [entry for entry in json.loads(Path(path).read_text())["tasks"] if entry["task"] == report["task"]]
+    if abs(summary["teacher"][report["metric"]] - report["teacher"]) > 1e-9:
+        raise SystemExit(f"{path} was distilled from another teacher ({summary['teacher']}): not comparable.")
+    scores = {(row["width"], row["depth"]): row[report["metric"]] for row in summary["rows"]}
+    report["flexible"] = {"source": path, "stage": summary["stage"]}
+    for row in report["rows"]:
+        row["flexible_dev_metric"] = scores[row["width"], row["depth"]]
+
+
 def table(report: dict) -> str:
     lines = [
         f"{report['task']} dev {report['metric']}, seed {report['seed']}: teacher {100 * report['teacher']:.2f}",
-        "| baseline | stage | from | width | depth | FLOPs ratio | dev metric | vs teacher |",
-        "|---|---|---|---|---|---|---|---|",
+        "| baseline | stage | from | width | depth | FLOPs ratio | dev metric | vs teacher | flexible model "
+        "| flexible vs baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
+        flexible = row.get("flexible_dev_metric")
+        compared = (
+            "| | |" if flexible is None else f"| {100 * flexible:.2f} | {100 * (flexible - row['dev_metric']):+.2f} |"
+        )
         lines.append(
             f"| {row['name']} | {row['stage']} | {row['starts_from']} | {row['width']} | {row['depth']} "
             f"| {row['flops_ratio']:.3f} | {100 * row['dev_metric']:.2f} "
-            f"| {100 * (row['dev_metric'] - report['teacher']):+.2f} |"
+            f"| {100 * (row['dev_metric'] - report['teacher']):+.2f} {compared}"
         )
     return "\n".join(lines)
 
@@ -104,6 +120,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=list(BASELINES))
     parser.add_argument("--output", help="Result JSON.")
+    parser.add_argument(
+        "--flexible",
+        help="A summarize_glue.py JSON of the flexible model (same teacher): its sub-networks side by side.",
+    )
     for name, default in RECIPE.items():
         parser.add_argument(f"--{name}", default=default, help=f"Every stage's {name} (default {default}).")
     args = parse_or_show(parser, table, required=("task_name", "output_dir", "output"), pass_through=True)
@@ -132,6 +152,8 @@ def main() -> None:
     recipe = {name: getattr(args, name) for name in RECIPE}
     report = run_record(task=args.task_name, seed=args.seed, metric=metric, recipe=recipe)
     report |= {"passed_on": args.passed_on, "teacher": teacher_metrics[f"eval_{metric}"], "rows": rows}
+    if args.flexible:
+        add_flexible_scores(report, args.flexible)
     write_report(args.output, report)
     print(table(report))
 
