@@ -8,12 +8,15 @@
 `tradeoffs` matches the points of two `dynamic_tradeoffs.py` sweeps by method and setting and reports each point's
 metric difference in dev examples (metric × dev examples, for accuracy-type metrics) and its FLOPs difference;
 `throughput` matches the rows of two `dynamic_throughput.py` runs by variant and threshold and reports the change of
-measured / FLOPs-ideal speed-up. Prints a table and, with `--output`, writes it as JSON.
+measured / FLOPs-ideal speed-up. Prints a Markdown table and, with `--output`, writes it as JSON (with the command,
+machine and versions).
 """
 
 import argparse
 import json
 from pathlib import Path
+
+from common import parse_or_show, run_record, write_report
 
 # What identifies a point besides its method (the rest of a point is what was measured).
 SETTING_KEYS = ("width", "depth", "threshold", "tolerance", "gate_map")
@@ -72,28 +75,51 @@ def compare_throughput(old: dict, new: dict) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["tradeoffs", "throughput"])
-    parser.add_argument("committed", type=Path, help="The JSON committed with the results.")
-    parser.add_argument("fresh", type=Path, help="The JSON of the new run.")
-    parser.add_argument("--output", type=Path, default=None)
-    args = parser.parse_args()
-    old, new = json.loads(args.committed.read_text()), json.loads(args.fresh.read_text())
-    rows = (compare_tradeoffs if args.kind == "tradeoffs" else compare_throughput)(old, new)
-    for row in rows:
-        print(json.dumps(row))
+def summarize(kind: str, rows: list[dict]) -> dict:
+    """The largest changes over the rows present in both results, and how many were compared or missing."""
     present = [row for row in rows if not row.get("missing")]
-    if args.kind == "tradeoffs":
+    if kind == "tradeoffs":
         summary = {"max_dev_examples_moved": max(row["dev_examples_moved"] for row in present)}
         summary["max_relative_flops_change"] = max(row["relative_flops_change"] for row in present)
     else:
         summary = {"max_abs_change_of_fraction_of_ideal": max(abs(row["change"]) for row in present)}
-    summary |= {"compared": len(present), "missing": len(rows) - len(present)}
-    print(json.dumps(summary))
+    return summary | {"compared": len(present), "missing": len(rows) - len(present)}
+
+
+def cell(value) -> str:
+    """A table cell: floats to four decimals, absent values blank."""
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def table(report: dict) -> str:
+    """One line per compared row (its columns are the row's keys), then the summary."""
+    columns = list(dict.fromkeys(key for row in report["rows"] for key in row))  # every key, first-seen order
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(key)) for key in columns) + " |" for row in report["rows"]]
+    summary = ", ".join(f"{key} {cell(value)}" for key, value in report["summary"].items())
+    return "\n".join([*lines, "", f"Summary: {summary}."])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", nargs="?", choices=["tradeoffs", "throughput"])
+    parser.add_argument("committed", nargs="?", type=Path, help="The JSON committed with the results.")
+    parser.add_argument("fresh", nargs="?", type=Path, help="The JSON of the new run.")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parse_or_show(parser, table, required=())
+    if args is None:
+        return
+    if args.fresh is None:
+        parser.error("kind, committed and fresh are required (or --show COMPARISON.json).")
+
+    old, new = json.loads(args.committed.read_text()), json.loads(args.fresh.read_text())
+    rows = (compare_tradeoffs if args.kind == "tradeoffs" else compare_throughput)(old, new)
+    report = run_record(kind=args.kind, summary=summarize(args.kind, rows), rows=rows)
     if args.output is not None:
-        command = f"python benchmarks/compare_results.py {args.kind} {args.committed} {args.fresh}"
-        args.output.write_text(json.dumps({"command": command, "summary": summary, "rows": rows}, indent=2) + "\n")
+        write_report(args.output, report)
+    print(table(report))
 
 
 if __name__ == "__main__":

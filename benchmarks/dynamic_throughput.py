@@ -1,6 +1,6 @@
 """Measured throughput of batched dynamic inference vs the full static model (issue #4, docs/algorithms.md §9).
 
-On a GLUE dev set cut into length-bucketed batches (sorted by length, `--batch-size` rows), every variant below runs
+On a run's dev set cut into length-bucketed batches (sorted by length, `--batch-size` rows), every variant below runs
 the whole dev set once per round; rounds interleave the variants so machine noise hits them alike, and the report
 gives medians:
   static     the full model, plain forward (the baseline)
@@ -13,28 +13,26 @@ gives medians:
   geep       GEEP: exit layers predicted from tokens (table fit on training examples' engine exits at the same
              threshold), one full batch per predicted layer (FLOPs-ideal speed-up from its own FLOPs)
 For each exit threshold the FLOPs-ideal speed-up (full-model FLOPs / FLOPs spent) is reported next to the measured
-one. Writes JSON.
+one. Writes JSON (with versions and machine) and prints a Markdown table.
 
-    python benchmarks/dynamic_throughput.py --task sst2 --model runs/dynamic/sst2/ramps --thresholds 0.2 0.4 \
-        --output benchmarks/results/dynamic_throughput_sst2_cpu.json
+    python benchmarks/dynamic_throughput.py --run runs/dynamic/sst2 --thresholds 0.208 0.347 0.485 \
+        --batch1-threshold-index 1 --rounds 7 --output benchmarks/results/dynamic_throughput_sst2_cpu.json
+
+The run's own data (any `transformers-flex train` run of a classification task), dev set as the run split it; the
+model is the run's final stage (`--stage` picks another: it needs off-ramps). GEEP's table is fit on the first
+`--geep-train-examples` of the run's training split, shuffled with seed 0.
 """
 
 import argparse
-import json
-import os
-import sys
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import torch
+from common import add_run_arguments, parse_or_show, run_record, run_splits, write_report
+from dynamic_tradeoffs import geep_train_batches
 
-import torch  # noqa: E402
-from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
-
-from transformers_flex import FlexBertForSequenceClassification, subnet_flops  # noqa: E402
-from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
-from transformers_flex.evaluation import interleaved_medians, length_bucketed_batches, machine_description  # noqa: E402
-from transformers_flex.inference import bucketed_forward, fit_exit_predictor  # noqa: E402
+from transformers_flex import FlexBertForSequenceClassification, subnet_flops
+from transformers_flex.evaluation import interleaved_medians
+from transformers_flex.inference import bucketed_forward, fit_exit_predictor
+from transformers_flex.utils import load_tokenizer
 
 
 @torch.no_grad()
@@ -78,31 +76,31 @@ def run_geep(model, batches, predictor):
     return outputs
 
 
+def without_labels(batches: list[dict]) -> list[dict]:
+    """The batches without their labels (the engine would compute a loss: not part of serving)."""
+    return [{key: value for key, value in batch.items() if key != "labels"} for batch in batches]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="sst2")
-    parser.add_argument("--model", required=True, help="A model with off-ramps.")
-    parser.add_argument("--data-dir", default=None)
+    add_run_arguments(parser, stage_help="the run's final one; it needs off-ramps")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.2, 0.4])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch1-threshold-index", type=int, default=0, help="Which threshold batch size 1 runs.")
     parser.add_argument("--geep-train-examples", type=int, default=2000, help="Training examples for GEEP's table.")
-    parser.add_argument("--output", required=True)
-    args = parser.parse_args()
+    parser.add_argument("--output", help="Where to write the JSON.")
+    args = parse_or_show(parser, table, required=("run", "output"))
+    if args is None:
+        return
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    collate = DataCollatorWithPadding(tokenizer)
-    raw = load_glue(args.task, args.data_dir)
-    dev = tokenize_glue(raw[GLUE_DEV_SPLIT[args.task]], tokenizer, args.task)
-    dev = dev.remove_columns("labels")
-    batches = length_bucketed_batches(dev, collate, args.batch_size)
-    train = raw["train"].shuffle(seed=0).select(range(min(args.geep_train_examples, len(raw["train"]))))
-    train_batches = length_bucketed_batches(
-        tokenize_glue(train, tokenizer, args.task).remove_columns("labels"), collate, args.batch_size
-    )
-    singles = [collate([dev[i]]) for i in range(len(dev))]
-    model = FlexBertForSequenceClassification.from_pretrained(args.model).eval()
+    data = run_splits(args.run, args.max_eval_samples)
+    checkpoint = data.checkpoint(args.stage)
+    tokenizer = load_tokenizer(checkpoint)
+    batches = without_labels(data.batches("dev", tokenizer, args.batch_size))
+    train_batches = geep_train_batches(data, tokenizer, args.batch_size, args.geep_train_examples)
+    singles = without_labels(data.batches("dev", tokenizer, 1))
+    model = FlexBertForSequenceClassification.from_pretrained(checkpoint).eval()
     lengths = torch.cat([batch["attention_mask"].sum(dim=1) for batch in batches]).tolist()
     full_flops = sum(subnet_flops(model.config, 1.0, 1.0, length) for length in lengths)
 
@@ -158,20 +156,42 @@ def main() -> None:
                 "fraction_of_ideal": speedup / ideal,
             }
         )
-    report = {
-        "command": "python benchmarks/dynamic_throughput.py " + " ".join(sys.argv[1:]),
-        "machine": machine_description(),
-        "task": args.task,
-        "dev_examples": len(dev),
-        "batch_size": args.batch_size,
-        "rounds": args.rounds,
-        "static_examples_per_second": len(dev) / static,
-        "median_seconds": {str(key): value for key, value in seconds.items()},
-        "rows": rows,
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    report = run_record(
+        task=data.task.name,
+        checkpoint=str(checkpoint),
+        dev_examples=len(singles),
+        batch_size=args.batch_size,
+        rounds=args.rounds,
+        static_examples_per_second=len(singles) / static,
+        median_seconds={str(key): value for key, value in seconds.items()},
+        rows=rows,
+    )
+    write_report(args.output, report)
+    print(table(report))
+
+
+def table(report: dict) -> str:
+    """Measured against FLOPs-ideal speed-up per variant and threshold (the engine's rows are followed by the batch
+    that exits only when all its rows may and, at one threshold, batch size 1: measured only), and the baseline."""
+    lines = [
+        "| entropy threshold | variant | mean exit layer | FLOPs-ideal | measured | measured / ideal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        threshold = row.get("threshold", "–")  # static widths run no ramps
+        exit_layer = f"{row['mean_exit_layer']:.2f}" if "mean_exit_layer" in row else ""
+        lines.append(
+            f"| {threshold} | {row['variant']} | {exit_layer} | {row['flops_ideal_speedup']:.2f}× | "
+            f"{row['measured_speedup']:.2f}× | {row['fraction_of_ideal']:.2f} |"
+        )
+        for key, variant in (("all_exit_speedup", "exit when all rows may"), ("batch1_speedup", "batch size 1")):
+            if key in row:
+                lines.append(f"| {threshold} | {variant} | | | {row[key]:.2f}× | |")
+    lines.append(
+        f"\nThe full static model: {report['static_examples_per_second']:.0f} examples/s ({report['dev_examples']} "
+        f"dev examples, batches of {report['batch_size']}, medians of {report['rounds']} rounds)."
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Metric vs FLOPs of every way to run a dynamic model on a GLUE dev set (docs/algorithms.md §5-8, issue #4).
+"""Metric vs FLOPs of every way to run a dynamic model on a run's dev set (docs/algorithms.md §5-8, issue #4).
 
 Curves, each point measured on the whole dev set with the batched engine (per-example FLOPs at real lengths,
 relative to the full static model):
@@ -9,37 +9,32 @@ relative to the full static model):
   gates         width gates only, with the gate classes remapped to other width lists (no retraining)
   gates+entropy gates and ramps together (the Flexible BERT framework); regression: gates+patience
   geep          exit layers predicted from tokens (table fit on training examples), one full batch per layer
-Regression (STS-B) has no entropy: patience is its only exit criterion, so it gets no entropy or GEEP curve.
-plus the fine-tuned teacher (Stage 0). Writes JSON and a plot.
+Regression (STS-B) has no entropy: patience is its only exit criterion, so it gets no entropy or GEEP curve; a
+model without width gates (ramps only) gets no gate curves. Plus the fine-tuned teacher (Stage 0). Writes JSON
+(with versions and machine) and a plot; prints the Pareto frontier as a Markdown table.
 
-    python benchmarks/dynamic_tradeoffs.py --task sst2 --model runs/dynamic/sst2/gates \
-        --teacher runs/dynamic/sst2/teacher --output benchmarks/results/dynamic_tradeoffs_sst2.json
+    python benchmarks/dynamic_tradeoffs.py --run runs/dynamic/sst2 \
+        --output benchmarks/results/dynamic_tradeoffs_sst2.json
+
+The run's own data and metrics (any `transformers-flex train` run: GLUE, a Hub dataset or files), dev set as the
+run split it. The model is the run's final stage (`gates` for benchmarks/train_dynamic.sh; `--stage` picks
+another), the teacher its `teacher` stage. GEEP's table is fit on the first `--geep-train-examples` of the run's
+training split, shuffled with seed 0.
 """
 
 import argparse
-import json
 import math
-import os
-import sys
+from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import torch
+from common import RunSplits, add_run_arguments, main_metric, parse_or_show, run_record, run_splits, write_report
+from tqdm.auto import tqdm
 
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
-
-from transformers_flex import FlexBertConfig, FlexBertForSequenceClassification, subnet_flops  # noqa: E402
-from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
-from transformers_flex.evaluation import (  # noqa: E402
-    dynamic_predict,
-    length_bucketed_batches,
-    predict,
-    subnet_grid,
-)
-from transformers_flex.inference import bucketed_forward, fit_exit_predictor  # noqa: E402
-from transformers_flex.metrics import glue_metrics, main_metric  # noqa: E402
+from transformers_flex import FlexBertConfig, FlexBertForSequenceClassification, subnet_flops
+from transformers_flex.evaluation import dynamic_predict, predict, subnet_grid
+from transformers_flex.inference import bucketed_forward, fit_exit_predictor
+from transformers_flex.utils import load_tokenizer
 
 # Gate classes are trained as these widths; remapping them moves the trade-off (docs/algorithms.md §6).
 TRAINED_GATE_WIDTHS = [1.0, 0.75, 0.5, 0.25]
@@ -58,17 +53,18 @@ GEEP_FRACTIONS = [0.1, 0.3, 0.5, 0.7]
 
 
 class Sweep:
-    """Collects (method, setting, metric, relative FLOPs) points for one model and dev set."""
+    """Collects (method, setting, metric, relative FLOPs) points for one model and a run's dev set."""
 
-    def __init__(self, task: str, model, batches: list[dict]):
-        self.task, self.model, self.batches = task, model, batches
-        self.metric = main_metric(task)
+    def __init__(self, data: RunSplits, model, batches: list[dict]):
+        self.data, self.model, self.batches = data, model, batches
+        self.metric: str | None = None  # the task's first metric, named by the first point's scores
         lengths = torch.cat([batch["attention_mask"].sum(dim=1) for batch in batches]).tolist()
         self.full_flops = sum(subnet_flops(model.config, 1.0, 1.0, length) for length in lengths)
         self.points: list[dict] = []
 
     def add(self, method: str, setting: dict, logits, labels, flops, exit_layers=None) -> None:
-        metrics = glue_metrics(self.task, logits.numpy(), labels.numpy())
+        metrics = self.data.scores(logits, labels)
+        self.metric = self.metric or main_metric(metrics)
         point = {"method": method, **setting, **metrics, "metric": metrics[self.metric]}
         point["relative_flops"] = float(flops.sum()) / self.full_flops
         if exit_layers is not None:
@@ -80,8 +76,8 @@ class Sweep:
         self.add(method, setting, out["logits"], out["labels"], out["flops"], out["exit_layers"])
 
 
-def sweep_model(args, model, batches, train_batches) -> Sweep:
-    sweep = Sweep(args.task, model, batches)
+def sweep_model(data: RunSplits, model, batches: list[dict], train_batches: list[dict]) -> Sweep:
+    sweep = Sweep(data, model, batches)
     regression = model.config.num_labels == 1
     ln_classes = math.log(max(2, model.config.num_labels))
     progress = tqdm(total=7, desc="curves")
@@ -173,7 +169,7 @@ def geep_point(sweep: Sweep, model, train_batches: list[dict], threshold: float)
     )
 
 
-def load_model(path: str, exit_layers: list[int] | None) -> FlexBertForSequenceClassification:
+def load_model(path: Path, exit_layers: list[int] | None) -> FlexBertForSequenceClassification:
     """The dynamic model, keeping only the trained off-ramps after `exit_layers` (None: all of them)."""
     if exit_layers is None:
         return FlexBertForSequenceClassification.from_pretrained(path).eval()
@@ -183,10 +179,10 @@ def load_model(path: str, exit_layers: list[int] | None) -> FlexBertForSequenceC
     return FlexBertForSequenceClassification.from_pretrained(path, exit_layers=exit_layers).eval()
 
 
-def teacher_point(sweep: Sweep, teacher_path: str) -> dict:
+def teacher_point(sweep: Sweep, teacher_path: Path) -> dict:
     teacher = FlexBertForSequenceClassification.from_pretrained(teacher_path).eval()
     out = dynamic_predict(teacher, sweep.batches, use_gates=False, use_ramps=False)
-    metrics = glue_metrics(sweep.task, out["logits"].numpy(), out["labels"].numpy())
+    metrics = sweep.data.scores(out["logits"], out["labels"])
     return {
         "method": "teacher",
         **metrics,
@@ -218,7 +214,7 @@ def describe(point: dict) -> str:
     return f"{point['method']} ({settings})" if settings else point["method"]
 
 
-def markdown(report: dict) -> str:
+def table(report: dict) -> str:
     """The Pareto frontier (no other point has higher metric at lower FLOPs) and the headline points, as a table."""
     points = sorted(report["points"], key=lambda p: (p["relative_flops"], -p["metric"]))
     frontier, best = [], -1.0
@@ -282,12 +278,15 @@ def plot(report: dict, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def geep_train_batches(data: RunSplits, tokenizer, batch_size: int, examples: int) -> list[dict]:
+    """The first `examples` of the run's training split, shuffled with seed 0, as length-bucketed batches."""
+    shuffled = replace(data, splits=data.splits | {"train": data.splits["train"].shuffle(seed=0)})
+    return shuffled.batches("train", tokenizer, batch_size, examples)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True)
-    parser.add_argument("--model", required=True, help="Dynamic model (off-ramps, optionally gates).")
-    parser.add_argument("--teacher", required=True, help="The fine-tuned teacher (Stage 0).")
-    parser.add_argument("--data-dir", default=None)
+    add_run_arguments(parser, stage_help="the run's final one; it needs off-ramps, optionally gates")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--geep-train-examples", type=int, default=2000, help="Training examples for GEEP's table.")
     parser.add_argument("--flops-budget", type=float, default=0.6)
@@ -298,36 +297,33 @@ def main() -> None:
         default=None,
         help="Run only the model's off-ramps after these layers (the others are dropped, nothing is retrained).",
     )
-    parser.add_argument("--output", required=True)
-    args = parser.parse_args()
+    parser.add_argument("--output", help="Where to write the JSON (the plot goes beside it, as .png).")
+    args = parse_or_show(parser, table, required=("run", "output"))
+    if args is None:
+        return
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    collate = DataCollatorWithPadding(tokenizer)
-    raw = load_glue(args.task, args.data_dir)
-    dev = tokenize_glue(raw[GLUE_DEV_SPLIT[args.task]], tokenizer, args.task)
-    train = raw["train"].shuffle(seed=0).select(range(min(args.geep_train_examples, len(raw["train"]))))
-    train = tokenize_glue(train, tokenizer, args.task)
-    batches = length_bucketed_batches(dev, collate, args.batch_size)
-    train_batches = length_bucketed_batches(train, collate, args.batch_size)
-    model = load_model(args.model, args.exit_layers)
+    data = run_splits(args.run, args.max_eval_samples)
+    checkpoint, teacher_checkpoint = data.checkpoint(args.stage), data.checkpoint("teacher")
+    tokenizer = load_tokenizer(checkpoint)
+    batches = data.batches("dev", tokenizer, args.batch_size)
+    train_batches = geep_train_batches(data, tokenizer, args.batch_size, args.geep_train_examples)
+    model = load_model(checkpoint, args.exit_layers)
     torch.manual_seed(0)
-    sweep = sweep_model(args, model, batches, train_batches)
-    teacher = teacher_point(sweep, args.teacher)
-    report = {
-        "command": "python benchmarks/dynamic_tradeoffs.py " + " ".join(sys.argv[1:]),
-        "task": args.task,
-        "metric": sweep.metric,
-        "dev_examples": len(dev),
-        "teacher": teacher,
+    sweep = sweep_model(data, model, batches, train_batches)
+    teacher = teacher_point(sweep, teacher_checkpoint)
+    report = run_record(
+        task=data.task.name,
+        checkpoint=str(checkpoint),
+        teacher_checkpoint=str(teacher_checkpoint),
+        metric=sweep.metric,
+        dev_examples=len(data.splits["dev"]),
+        teacher=teacher,
         **best_points(sweep.points, teacher, args.flops_budget),
-        "points": sweep.points,
-    }
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2))
-    plot(report, output.with_suffix(".png"))
-    print(json.dumps({key: report[key] for key in report if key not in ("points",)}, indent=2))
-    print(markdown(report))
+        points=sweep.points,
+    )
+    write_report(args.output, report)
+    plot(report, Path(args.output).with_suffix(".png"))
+    print(table(report))
 
 
 if __name__ == "__main__":

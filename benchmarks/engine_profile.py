@@ -1,41 +1,36 @@
 """Where the batched dynamic engine's time goes (issue #4): per component, and how efficiently its layers run.
 
-Every variant runs `dynamic_forward` over a length-bucketed GLUE dev set; forward hooks time the embeddings, the
+Every variant runs `dynamic_forward` over a run's length-bucketed dev set; forward hooks time the embeddings, the
 encoder layers, the off-ramps, the width gates and the final head, and "bookkeeping" is the rest (masks, FLOPs
 counting, the gates' mean pooling, exit criteria, compaction, sorting rows by width). Variants: the static model
 at every training width, ramps only, gates only, gates + ramps. Rounds interleave the variants; the report gives
-medians.
+medians. Writes JSON (with versions and machine) and prints a Markdown table.
 
 The layers' efficiency: each static width gives seconds per layer FLOP on full batches; a dynamic variant's layer
 time is compared with what its rows' layer FLOPs would cost at the full width's efficiency (what a FLOPs-ideal
 speed-up assumes) and at the static efficiency of the widths they ran at. The ratio of measured to the latter
 ("layer overhead") is what running rows in smaller (per-width, after-exit) groups costs.
 
-    python benchmarks/engine_profile.py --task sst2 --model runs/dynamic/sst2/gates --threshold 0.2 \
+    python benchmarks/engine_profile.py --run runs/dynamic/sst2 --threshold 0.347 --rounds 7 \
         --output benchmarks/results/engine_profile_sst2_cpu.json
+
+The run's own data (any `transformers-flex train` run of a classification task), dev set as the run split it; the
+model is the run's final stage (`--stage` picks another: it needs off-ramps and width gates).
 """
 
 import argparse
-import json
-import os
 import statistics
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import torch
+from common import add_run_arguments, parse_or_show, run_record, run_splits, write_report
+from dynamic_throughput import without_labels
+from tqdm.auto import tqdm
 
-import torch  # noqa: E402
-from dynamic_throughput import machine  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
-
-from transformers_flex import FlexBertForSequenceClassification  # noqa: E402
-from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
-from transformers_flex.evaluation import length_bucketed_batches  # noqa: E402
-from transformers_flex.modeling_flexbert import layer_macs, width_shape  # noqa: E402
+from transformers_flex import FlexBertForSequenceClassification
+from transformers_flex.modeling_flexbert import layer_macs, width_shape
+from transformers_flex.utils import load_tokenizer
 
 
 class ComponentTimer:
@@ -87,23 +82,22 @@ def layer_flops_by_width(config, outputs: list, lengths: torch.Tensor) -> dict[f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="sst2")
-    parser.add_argument("--model", required=True, help="A model with off-ramps and width gates.")
-    parser.add_argument("--data-dir", default=None)
+    add_run_arguments(parser, stage_help="the run's final one; it needs off-ramps and width gates")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threshold", type=float, default=0.2, help="Entropy threshold of the ramps.")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--output", required=True)
-    args = parser.parse_args()
+    parser.add_argument("--output", help="Where to write the JSON.")
+    args = parse_or_show(parser, table, required=("run", "output"))
+    if args is None:
+        return
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    dev = load_glue(args.task, args.data_dir)[GLUE_DEV_SPLIT[args.task]]
-    dev = tokenize_glue(dev, tokenizer, args.task).remove_columns("labels")
-    batches = length_bucketed_batches(dev, DataCollatorWithPadding(tokenizer), args.batch_size)
+    data = run_splits(args.run, args.max_eval_samples)
+    checkpoint = data.checkpoint(args.stage)
+    batches = without_labels(data.batches("dev", load_tokenizer(checkpoint), args.batch_size))
     lengths = torch.cat([batch["attention_mask"].sum(dim=1) for batch in batches])
-    model = FlexBertForSequenceClassification.from_pretrained(args.model).eval()
+    model = FlexBertForSequenceClassification.from_pretrained(checkpoint).eval()
     if not (len(model.width_gates) and len(model.off_ramps)):
-        raise ValueError(f"{args.model} needs both off-ramps and width gates.")
+        raise SystemExit(f"{checkpoint} needs both off-ramps and width gates (pick a stage that has them: --stage).")
     timer = ComponentTimer(model)
 
     def engine(width: float = 1.0, **settings):
@@ -154,21 +148,21 @@ def main() -> None:
                 "measured_speedup": full_total / medians["total"],
             }
         )
-    report = {
-        "command": "python benchmarks/engine_profile.py " + " ".join(sys.argv[1:]),
-        "machine": machine(),
-        "task": args.task,
-        "dev_examples": len(dev),
-        "batch_size": args.batch_size,
-        "rounds": args.rounds,
-        "rows": rows,
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2))
-    print(format_table(rows))
+    report = run_record(
+        task=data.task.name,
+        checkpoint=str(checkpoint),
+        threshold=args.threshold,
+        dev_examples=len(lengths),
+        batch_size=args.batch_size,
+        rounds=args.rounds,
+        rows=rows,
+    )
+    write_report(args.output, report)
+    print(table(report))
 
 
-def format_table(rows: list[dict]) -> str:
+def table(report: dict) -> str:
+    """Milliseconds per component and the layers' efficiency, one row per variant."""
     parts = ["embeddings", "layers", "ramps", "gates", "head", "bookkeeping"]
     lines = [
         "| variant | total ms | " + " | ".join(parts) + " | layers at full-width efficiency | layers at static "
@@ -176,7 +170,7 @@ def format_table(rows: list[dict]) -> str:
         "speed-up (ideal) |",
         "|---|" + "---|" * (len(parts) + 6),
     ]
-    for row in rows:
+    for row in report["rows"]:
         ms = row["milliseconds"]
         cells = [row["variant"], f"{ms['total']:.0f}", *(f"{ms.get(part, 0.0):.0f}" for part in parts)]
         cells += [f"{row['layers_at_full_width_efficiency_ms']:.0f}", f"{row['layers_at_static_efficiency_ms']:.0f}"]

@@ -3,23 +3,29 @@
 For every task and seed this runs `examples/run_glue_flex.py --flex_stage all --last_stage width` twice — with and
 without `--grafting` — the second run reusing the first run's teacher (so both start from identical weights), and
 collects the dev metric of every width. Runs are resumable: finished stages are skipped. The results file is updated
-under a lock after every seed, so commands for different seeds can run side by side on one file. Extra arguments
-after `--` go to run_glue_flex.py (epochs, learning rate, ...); the flags this script sets itself win over them.
+under a lock after every seed, so commands for different seeds can run side by side on one file; its head records
+the command that wrote it last, and each run the command that collected it. Extra arguments after `--` go to
+run_glue_flex.py (epochs, learning rate, ...); the flags this script sets itself win over them.
 
     python benchmarks/grafting_ablation.py --tasks mrpc --seeds 42 43 44 -- --num_train_epochs 3 --learning_rate 5e-5
+    python benchmarks/grafting_ablation.py --show benchmarks/results/grafting_ablation.json
+
+Prints a Markdown table (mean ± std over seeds, the paired t-test p-value of the difference) and draws the
+per-seed differences next to the results file (`.png`).
 """
 
 import argparse
-import fcntl
 import json
-import math
-import os
 import shutil
-import statistics
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+
+from common import parse_or_show, run_record, run_splits
+from results_merge import mean_std, p_value_cell, paired_p_value, points, save_runs
+
+from transformers_flex.hub import metric_names
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -47,88 +53,64 @@ def width_metrics(stage: dict, metric: str) -> dict[str, float]:
     }
 
 
+def task_fields(run_dir: Path) -> dict:
+    """A task's entry in the results, from a finished run of it: its main dev metric (the first the task reports)
+    and, for classification, the chance floor of always answering the dev set's most frequent label."""
+    data = run_splits(run_dir)
+    metric = metric_names(data.run.results["stages"]["teacher"]["metrics"])[0]
+    if data.task.kind != "classification":
+        return {"metric": metric, "majority_class": None}
+    labels = data.splits["dev"][data.task.label_column]
+    return {"metric": metric, "majority_class": max(Counter(labels).values()) / len(labels)}
+
+
+def train_seed(task: str, seed: int, base: Path, recipe: list[str]) -> tuple[dict, dict]:
+    """Both arms of one seed in `base`: the grafting arm, then the arm without, from the grafting arm's teacher
+    (copied, so both start from identical weights); their `results.json`."""
+    grafted = run_pipeline(task, seed, base / "graft", "width", recipe, "--grafting", "true")
+    plain_dir = base / "no_graft"
+    if not (plain_dir / "teacher").exists():
+        shutil.copytree(base / "graft" / "teacher", plain_dir / "teacher")
+    return grafted, run_pipeline(task, seed, plain_dir, "width", recipe, "--grafting", "false")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )  # no abbreviations: `--seed` after the recipe is run_glue_flex.py's, not `--seeds`
     parser.add_argument("--tasks", nargs="+", default=["mrpc"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--output-dir", default=str(ROOT / "runs" / "grafting"))
     parser.add_argument("--results", default=str(RESULTS / "grafting_ablation.json"))
-    args, extra = parser.parse_known_args()
-    extra = [value for value in extra if value != "--"]
-
-    from transformers_flex.data import GLUE_DEV_SPLIT, glue_num_labels, load_glue
-    from transformers_flex.metrics import main_metric
-
-    command = "python benchmarks/grafting_ablation.py " + " ".join(sys.argv[1:])
+    args = parse_or_show(parser, table, required=(), pass_through=True)
+    if args is None:
+        return
+    recipe = [value for value in args.passed_on if value != "--"]
+    header = run_record(ablation="grafting", recipe=recipe, output_dir=args.output_dir)
     results_path = Path(args.results)
     for task in args.tasks:
-        metric = main_metric(task)
-        majority_class = None  # a classification task's chance floor: always answer the most frequent dev label
-        if glue_num_labels(task) > 1:
-            labels = list(load_glue(task)[GLUE_DEV_SPLIT[task]]["label"])
-            majority_class = max(Counter(labels).values()) / len(labels)
-        collected = []
+        collected, fields = [], None
         for seed in args.seeds:
             base = Path(args.output_dir) / task / f"seed{seed}"
-            grafted = run_pipeline(task, seed, base / "graft", "width", extra, "--grafting", "true")
-            plain_dir = base / "no_graft"
-            if not (plain_dir / "teacher").exists():
-                shutil.copytree(base / "graft" / "teacher", plain_dir / "teacher")
-            plain = run_pipeline(task, seed, plain_dir, "width", extra, "--grafting", "false")
+            grafted, plain = train_seed(task, seed, base, recipe)
+            fields = fields or task_fields(base / "graft")
             collected.append(
                 {
                     "seed": seed,
-                    "command": command,
-                    "teacher": grafted["stages"]["teacher"]["metrics"][f"eval_{metric}"],
-                    "graft": width_metrics(grafted["stages"]["width"], metric),
-                    "no_graft": width_metrics(plain["stages"]["width"], metric),
+                    "command": header["command"],
+                    "teacher": grafted["stages"]["teacher"]["metrics"][f"eval_{fields['metric']}"],
+                    "graft": width_metrics(grafted["stages"]["width"], fields["metric"]),
+                    "no_graft": width_metrics(plain["stages"]["width"], fields["metric"]),
                 }
             )
             # After every seed, so partial results survive.
-            report = save_runs(results_path, task, collected, summarize, metric=metric, majority_class=majority_class)
-    print(format_table(report))
+            report = save_runs(results_path, header, task, collected, summarize, **fields)
+    print(table(report))
     plot_differences(report, results_path.with_suffix(".png"))
 
 
-def save_runs(results_path: Path, task: str, collected: list[dict], summarize, **fields) -> dict:
-    """Merge this command's runs (by seed) into the task's entry of the results file and re-summarize it.
-
-    Other tasks, and seeds another command wrote meanwhile (e.g. one running side by side), stay; the seeds collected
-    here replace earlier values. The read-merge-write holds a lock on the results folder, and the file is replaced
-    atomically, so side-by-side commands neither lose each other's seeds nor read a half-written file.
-    """
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    folder = os.open(results_path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)  # released when the descriptor closes
-        report = json.loads(results_path.read_text()) if results_path.exists() else {"tasks": {}}
-        ours = {run["seed"] for run in collected}
-        earlier = [run for run in report["tasks"].get(task, {}).get("runs", []) if run["seed"] not in ours]
-        runs = sorted(earlier + collected, key=lambda run: run["seed"])
-        report["tasks"][task] = {**fields, "runs": runs, "summary": summarize(runs)}
-        partial = results_path.with_suffix(".partial")
-        partial.write_text(json.dumps(report, indent=2))
-        os.replace(partial, results_path)
-    finally:
-        os.close(folder)
-    return report
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def paired_p_value(first: list[float], second: list[float]) -> float | None:
-    """Two-sided paired t-test p-value of first vs second (same seeds); None below two pairs or with no spread."""
-    from scipy.stats import ttest_rel
-
-    if len(first) < 2:
-        return None
-    p_value = float(ttest_rel(first, second).pvalue)
-    return None if math.isnan(p_value) else p_value  # NaN when every difference is equal
-
-
 def summarize(runs: list[dict]) -> dict:
+    """Each arm's mean ± std over seeds per width, and the paired p-value of grafting vs no grafting."""
     widths = runs[0]["graft"].keys()
     return {
         "teacher": mean_std([run["teacher"] for run in runs]),
@@ -141,27 +123,26 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
-def format_table(report: dict) -> str:
+def table(report: dict) -> str:
+    """One row per task and width: each arm's mean ± std, grafting − no grafting per seed then mean ± std, and its
+    paired p-value; then each classification task's majority-class floor."""
     lines = [
         "| task (metric) | seeds | teacher | width | no grafting | grafting | difference | paired t-test p |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for task, entry in report["tasks"].items():
         summary, runs = entry["summary"], entry["runs"]
-        teacher = summary["teacher"]
         for width in runs[0]["graft"]:
-            plain, grafted = summary[f"no_graft_w{width}"], summary[f"graft_w{width}"]
             differences = [run["graft"][width] - run["no_graft"][width] for run in runs]
-            diff = mean_std(differences)
             cells = [
                 f"{task} ({entry['metric']})",
                 str(len(runs)),
-                f"{100 * teacher[0]:.1f} ± {100 * teacher[1]:.1f}",
+                points(summary["teacher"], len(runs)),
                 width,
-                f"{100 * plain[0]:.1f} ± {100 * plain[1]:.1f}",
-                f"{100 * grafted[0]:.1f} ± {100 * grafted[1]:.1f}",
-                f"{100 * diff[0]:+.1f} ± {100 * diff[1]:.1f}",
-                "n/a" if summary[f"p_w{width}"] is None else f"{summary[f'p_w{width}']:.2f}",
+                points(summary[f"no_graft_w{width}"], len(runs)),
+                points(summary[f"graft_w{width}"], len(runs)),
+                points(mean_std(differences), len(runs), signed=True),
+                p_value_cell(summary[f"p_w{width}"], len(runs)),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     for task, entry in report["tasks"].items():

@@ -13,16 +13,21 @@ grafting run already has:
 
     ln -s $PWD/runs/grafting/mrpc/seed42/graft/width_depth runs/sampling/mrpc/seed42/sandwich/width_depth
     python benchmarks/sampling_ablation.py --tasks mrpc --seeds 42 43 -- --num_train_epochs 3 --learning_rate 5e-5
+    python benchmarks/sampling_ablation.py --show benchmarks/results/sampling_ablation.json
+
+The results file is merged under a lock after every seed, as grafting_ablation.py's is (`results_merge.py`); its
+head records the command that wrote it last, each run the command that collected it. Prints a Markdown table per
+task (mean ± std over seeds, all − sandwich and its paired t-test p-value, per sub-network).
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-from grafting_ablation import mean_std, paired_p_value, run_pipeline, save_runs
-from summarize_glue import subnet_rows
+from common import parse_or_show, run_record
+from grafting_ablation import run_pipeline
+from results_merge import mean_std, p_value_cell, paired_p_value, points, save_runs
 
-from transformers_flex.metrics import main_metric
+from transformers_flex.hub import SUBNET_KEY, metric_names
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -55,9 +60,15 @@ def reused_stage(output_dir: Path) -> str | None:
 
 
 def subnet_metric(stage: dict, metric: str) -> dict[str, float]:
-    """`{"w1.0_d1.0": value, ...}`: the stage's dev metric for every sub-network (main dev set only)."""
-    rows = subnet_rows(stage["metrics"], (metric,))
-    return {f"w{row['width']}_d{row['depth']}": row[metric] for row in rows}
+    """`{"w1.0_d1.0": value, ...}`: the stage's dev metric for every sub-network (main dev set only), deepest then
+    widest first."""
+    found = {}
+    for key, value in stage["metrics"].items():
+        match = SUBNET_KEY.match(key)
+        if match and match["metric"] == metric:
+            found[float(match["width"]), float(match["depth"])] = value
+    ordered = sorted(found.items(), key=lambda item: (-item[0][1], -item[0][0]))
+    return {f"w{width}_d{depth}": value for (width, depth), value in ordered}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -81,54 +92,64 @@ def summarize(runs: list[dict]) -> dict:
     return {"subnets": per_subnet, "average_difference": mean_std(average_differences)}
 
 
-def format_table(report: dict) -> str:
+def table(report: dict) -> str:
     """A Markdown table per task: each arm's mean ± std and the difference, per sub-network, in points."""
     lines = []
     for task, entry in report["tasks"].items():
-        summary = entry["summary"]
+        summary, seeds = entry["summary"], len(entry["runs"])
         lines += [
             f"\n{task}, dev {entry['metric']}, seeds {', '.join(str(run['seed']) for run in entry['runs'])}",
             "| sub-network | sandwich | all 12 | all − sandwich | paired t-test p |",
             "|---|---|---|---|---|",
         ]
         for subnet, cells in summary["subnets"].items():
-            arms = [f"{100 * cells[sampling][0]:.1f} ± {100 * cells[sampling][1]:.1f}" for sampling in SAMPLINGS]
-            mean, std = cells["difference"]
-            p_value = "n/a" if cells["p"] is None else f"{cells['p']:.2f}"
-            lines.append(f"| {subnet} | {' | '.join(arms)} | {100 * mean:+.1f} ± {100 * std:.1f} | {p_value} |")
-        mean, std = summary["average_difference"]
-        lines.append(f"| mean over sub-networks | | | {100 * mean:+.1f} ± {100 * std:.1f} | |")
+            arms = " | ".join(points(cells[sampling], seeds) for sampling in SAMPLINGS)
+            difference = points(cells["difference"], seeds, signed=True)
+            lines.append(f"| {subnet} | {arms} | {difference} | {p_value_cell(cells['p'], seeds)} |")
+        lines.append(f"| mean over sub-networks | | | {points(summary['average_difference'], seeds, signed=True)} | |")
     return "\n".join(lines)
 
 
+def train_seed(task: str, seed: int, width_run: Path, output_dir: Path, recipe: list[str]) -> tuple[str, dict]:
+    """Both arms of one seed, each in its own folder of `output_dir` beside `width_run`'s finished teacher and width
+    stages: the task's main metric (the first it reports), and each arm's dev value of it per sub-network with the
+    arms that reused a hand-linked width_depth stage."""
+    arms = {"reused_width_depth": {}}
+    for sampling in SAMPLINGS:
+        arm_dir = output_dir / sampling
+        link_finished_stages(width_run, arm_dir)
+        if reused := reused_stage(arm_dir):
+            arms["reused_width_depth"][sampling] = reused
+        results = run_pipeline(task, seed, arm_dir, "width_depth", recipe, "--subnet_sampling", sampling)
+        metric = metric_names(results["stages"]["teacher"]["metrics"])[0]
+        arms[sampling] = subnet_metric(results["stages"]["width_depth"], metric)
+    return metric, arms
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )  # no abbreviations: `--seed` after the recipe is run_glue_flex.py's, not `--seeds`
     parser.add_argument("--tasks", nargs="+", default=["mrpc"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--width-runs", default=str(ROOT / "runs" / "grafting"), help="grafting_ablation's output")
     parser.add_argument("--output-dir", default=str(ROOT / "runs" / "sampling"))
     parser.add_argument("--results", default=str(RESULTS / "sampling_ablation.json"))
-    args, extra = parser.parse_known_args()
-    extra = [value for value in extra if value != "--"]
-
-    command = "python benchmarks/sampling_ablation.py " + " ".join(sys.argv[1:])
+    args = parse_or_show(parser, table, required=(), pass_through=True)
+    if args is None:
+        return
+    recipe = [value for value in args.passed_on if value != "--"]
+    header = run_record(ablation="sampling", recipe=recipe, width_runs=args.width_runs, output_dir=args.output_dir)
     results_path = Path(args.results)
     for task in args.tasks:
-        metric = main_metric(task)
         collected = []
         for seed in args.seeds:
             width_run = Path(args.width_runs) / task / f"seed{seed}" / "graft"
-            seed_run = {"seed": seed, "command": command, "reused_width_depth": {}}
-            for sampling in SAMPLINGS:
-                output_dir = Path(args.output_dir) / task / f"seed{seed}" / sampling
-                link_finished_stages(width_run, output_dir)
-                if reused := reused_stage(output_dir):
-                    seed_run["reused_width_depth"][sampling] = reused
-                results = run_pipeline(task, seed, output_dir, "width_depth", extra, "--subnet_sampling", sampling)
-                seed_run[sampling] = subnet_metric(results["stages"]["width_depth"], metric)
-            collected.append(seed_run)
-            report = save_runs(results_path, task, collected, summarize, metric=metric)  # partial results survive
-    print(format_table(report))
+            metric, arms = train_seed(task, seed, width_run, Path(args.output_dir) / task / f"seed{seed}", recipe)
+            collected.append({"seed": seed, "command": header["command"], **arms})
+            # After every seed, so partial results survive.
+            report = save_runs(results_path, header, task, collected, summarize, metric=metric)
+    print(table(report))
 
 
 if __name__ == "__main__":

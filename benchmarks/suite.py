@@ -27,6 +27,9 @@ RESULTS = "benchmarks/results"
 TINY_TRAINING = "--max_steps 2 --per_device_train_batch_size 8 --max_seq_length 32 --importance_samples 8"
 TINY_TRAINING += " --max_train_samples 32 --max_eval_samples 16 --use_cpu --report_to none --disable_tqdm true"
 TINY_DYNAMIC = "--subnet_sampling sandwich --exit_layers 2 4 --gate_block_size 3 --ramps_learning_rate 1e-3"
+# The ablations' pipelines (examples/run_glue_flex.py) at the same tiny size, one task and one seed.
+TINY_ABLATION = "--max_steps 2 --max_train_samples 16 --max_eval_samples 8 --importance_samples 8 --max_seq_length 32"
+TINY_ABLATION += " --per_device_train_batch_size 8 --num_random_subnets 0 --use_cpu --disable_tqdm true"
 TINY_RUNS = {
     "classification_run": f"--task_name mrpc {TINY_TRAINING} {TINY_DYNAMIC}",
     "qa_run": f"--task_name squad {TINY_TRAINING.replace('32 --imp', '128 --doc_stride 32 --imp')} {TINY_DYNAMIC}",
@@ -41,6 +44,21 @@ SMOKE = {
     "fixed_size_baselines": "--task_name mrpc --output_dir {out}/baselines --baselines first3_ft width0.5_kd "
     f"--output {{out}}/fixed_size_baselines.json {TINY_TRAINING}",
     "render_results": "--check",
+    "dynamic_tradeoffs": "--run {classification_run} --max-eval-samples 8 --geep-train-examples 8 --batch-size 8 "
+    "--output {out}/dynamic_tradeoffs.json",
+    "dynamic_throughput": "--run {classification_run} --max-eval-samples 8 --geep-train-examples 8 --batch-size 8 "
+    "--thresholds 0.3 --rounds 1 --output {out}/dynamic_throughput.json",
+    "engine_profile": "--run {classification_run} --max-eval-samples 8 --batch-size 8 --rounds 1 "
+    "--output {out}/engine_profile.json",
+    "dynamic_summary": "{results}/dynamic_tradeoffs_sst2.json {results}/dynamic_tradeoffs_stsb.json "
+    "--output {out}/dynamic_summary.json",
+    "compare_results": "tradeoffs {results}/dynamic_tradeoffs_sst2.json {results}/repro/dynamic_tradeoffs_sst2.json "
+    "--output {out}/compare_results.json",
+    "plain_trainer_baseline": "--run {classification_run} --output {out}/plain_trainer.json",
+    "grafting_ablation": "--tasks mrpc --seeds 42 --output-dir {out}/grafting_runs --results {out}/grafting.json "
+    f"-- {TINY_ABLATION}",
+    "sampling_ablation": "--tasks mrpc --seeds 42 --width-runs {out}/grafting_runs --output-dir {out}/sampling_runs "
+    f"--results {{out}}/sampling.json -- {TINY_ABLATION}",
     "gpu_throughput:pack": "--pack --run {classification_run} --into {out}/device_pack --max-eval-samples 16 "
     "--geep-train-examples 16",
     "gpu_throughput": "--packed {out}/device_pack --output {out}/gpu_throughput.json",

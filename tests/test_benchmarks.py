@@ -83,3 +83,50 @@ def test_budget_search_stores_points_that_fit_and_scores_them_on_dev(run_copy, t
         assert points[row["name"]]["width"] == row["searched"]["width"]  # what the checkpoint now offers
     shown = run_script("budget_search", "--show", output).strip().splitlines()
     assert len(shown) == 2 + 2 * len(report["rows"])
+
+
+def test_gpu_script_runs_from_a_pack_without_datasets(classification_run, tmp_path):
+    """The GPU image has no `datasets`: the packed folder is read with pyarrow alone, and without CUDA the script runs
+    its CPU fallback, says so, and measures every variant (each static sub-network's ideal speed-up is its FLOPs')."""
+    run_dir, _ = classification_run
+    pack = tmp_path / "pack"
+    run_script("gpu_throughput", "--pack", "--run", run_dir, "--into", pack, "--max-eval-samples", "8",
+               "--geep-train-examples", "8")  # fmt: skip
+    assert (pack / "model" / "config.json").is_file() and (pack / "dev.parquet").is_file()
+    output = tmp_path / "gpu.json"
+    block = "import runpy, sys; sys.modules['datasets'] = None; sys.path.insert(0, 'benchmarks'); "
+    block += f"sys.argv = ['gpu_throughput.py', '--packed', {str(pack)!r}, '--output', {str(output)!r}]; "
+    block += "runpy.run_path('benchmarks/gpu_throughput.py', run_name='__main__')"
+    result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=ROOT, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CPU fallback" in result.stdout and "On a GPU this measures" in result.stdout
+    report = json.loads(output.read_text())
+    assert report["fallback"] and report["dev_examples"] == 8
+    config = FlexBertConfig.from_pretrained(pack / "model")
+    static = {(row["width"], row["depth"]): row for row in report["rows"] if row["variant"] == "static"}
+    assert len(static) == len(config.width_mults) * len(config.depth_mults)
+    assert static[1.0, 1.0]["measured_speedup"] == 1.0 and static[1.0, 1.0]["flops_ideal_speedup"] == 1.0
+    assert static[0.5, 1.0]["flops_ideal_speedup"] > 1.5  # half the width: about twice as fast in FLOPs
+    assert {row["variant"] for row in report["rows"]} == {"static", "engine", "gated", "geep"}
+
+
+def test_every_benchmark_script_is_in_the_smoke_budget():
+    """A script under benchmarks/ that the smoke budget does not run could break unnoticed."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import suite
+
+    shared_modules = {"common", "suite", "squad_setup", "results_merge"}
+    scripts = {path.stem for path in (ROOT / "benchmarks").glob("*.py")} | {
+        path.stem for path in (ROOT / "benchmarks").glob("*.sh")
+    }
+    smoked = {name.split(":")[0] for name in suite.SMOKE}
+    assert scripts - shared_modules == smoked
+
+
+def test_smoke_budget_runs_every_benchmark_script(classification_run, tmp_path):
+    """`make bench BUDGET=smoke`, on the shared tiny run: every script ends well (the suite fails if one breaks)."""
+    run_dir, _ = classification_run
+    command = [sys.executable, "benchmarks/suite.py", "--budget", "smoke", "--classification-run", str(run_dir)]
+    result = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, env=ENV)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "FAIL" not in result.stdout
