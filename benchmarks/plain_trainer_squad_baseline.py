@@ -1,26 +1,28 @@
-"""The plain `Trainer` + vanilla `BertForQuestionAnswering` on exactly the data and recipe of a SQuAD pipeline's
-teacher stage, to check that FlexBert's QA teacher is ordinary fine-tuning.
+"""The plain `Trainer` + vanilla `BertForQuestionAnswering` on exactly the data and recipe of a QA run's teacher
+stage, to check that FlexBert's QA teacher is ordinary fine-tuning.
 
-    python benchmarks/plain_trainer_squad_baseline.py --teacher runs/squad/teacher --max_train_samples 3000 \
-        --max_eval_samples 500 --num_train_epochs 2 --learning_rate 1e-4 --per_device_train_batch_size 32 \
-        --config_overrides attention_probs_dropout_prob=0.0
+    python benchmarks/plain_trainer_squad_baseline.py --run runs/squad
 
-The training questions are cut as the pipeline cuts them (same seed, same held-out size) and windowed by the same
-functions, so both runs see the same windows in the same order; the dev questions are the pipeline's first
-`--max_eval_samples`. Writes benchmarks/results/squad/plain_trainer_seed<seed>.json.
+Everything comes from the run's record: the training questions as the run split them (its seed, training size and
+held-out size), windowed by the task's functions at the run's length and stride, so both see the same windows in the
+same order; the dev questions are the run's dev subset (the teacher stage's own); the recipe is the teacher stage's
+learning rate and epochs, the run's shared training settings (batch size, seed, schedule...), its config overrides
+and its starting checkpoint. (runs/squad, trained by benchmarks/train_squad.sh, recorded what the committed result's
+command passed as flags: 3,000 training questions, 500 dev questions, windows of 384 with stride 128, 2 epochs at lr
+1e-4, batch 32, `attention_probs_dropout_prob=0.0`.) For smoke runs, `--max-train-samples`, `--max-eval-samples`
+and `--max-steps` cut the run's data and recipe (the comparison then shows a difference). Writes
+benchmarks/results/squad/plain_trainer_seed<seed>.json (or `--output`) and prints a Markdown table.
 """
 
 import argparse
-import json
-import os
+import dataclasses
+import tempfile
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-from transformers import (  # noqa: E402
+from common import parse_or_show, run_record, write_report
+from squad_setup import qa_run_splits
+from transformers import (
     AutoConfig,
-    AutoTokenizer,
     BertForQuestionAnswering,
     DataCollatorWithPadding,
     Trainer,
@@ -28,83 +30,95 @@ from transformers import (  # noqa: E402
     set_seed,
 )
 
-from transformers_flex.data import split_train_heldout  # noqa: E402
-from transformers_flex.squad import SquadMetrics, load_squad  # noqa: E402
-from transformers_flex.tasks import squad_task  # noqa: E402
-from transformers_flex.utils import default_backbone_path  # noqa: E402
+from transformers_flex.utils import load_tokenizer
 
 RESULTS = Path(__file__).parent / "results" / "squad"
 COMPARED = ("eval_loss", "eval_exact_match", "eval_f1")
 
 
+def first(dataset, count: int | None):
+    """The first `count` rows of `dataset` (all of them for None)."""
+    return dataset if count is None else dataset.select(range(min(count, len(dataset))))
+
+
+def teacher_recipe(record: dict, max_steps: int | None) -> dict:
+    """The `TrainingArguments` values of the run's teacher stage: the run's shared training settings, then the
+    stage's own (learning rate, epochs); `max_steps` overrides the run's."""
+    known = {field.name for field in dataclasses.fields(TrainingArguments)}
+    recipe = {**record["training"], **record["stages"]["teacher"]}
+    if max_steps is not None:
+        recipe["max_steps"] = max_steps
+    return {name: value for name, value in recipe.items() if name in known}  # not FlexTrainer's own settings
+
+
+def plain_model(record: dict, seed: int) -> BertForQuestionAnswering:
+    """Vanilla BERT QA from the run's starting checkpoint with its config overrides, the head drawn from `seed`."""
+    start = record["model"]["model_name_or_path"]
+    config = AutoConfig.from_pretrained(start)
+    if record["model"]["config_overrides"]:
+        config.update_from_string(record["model"]["config_overrides"])
+    set_seed(seed)  # the new span head's initial weights, as the pipeline's teacher stage drew them
+    return BertForQuestionAnswering.from_pretrained(start, config=config)
+
+
+def table(report: dict) -> str:
+    """The Markdown table of docs/RESULTS.md §7: the teacher stage, the plain Trainer, and their difference."""
+    rows = ["| | eval_loss | EM | F1 |", "|---|---|---|---|"]
+    for name in ("flexbert_teacher", "plain_trainer", "difference"):
+        values = report[name]
+        rows.append(
+            f"| {name} | {values['eval_loss']:.6f} | {values['eval_exact_match']:.4f} | {values['eval_f1']:.4f} |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", required=True, help="The pipeline's teacher stage directory.")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--max_train_samples", type=int, default=None)
-    parser.add_argument("--max_eval_samples", type=int, default=None)
-    parser.add_argument("--importance_samples", type=int, default=512)
-    parser.add_argument("--max_seq_length", type=int, default=384)
-    parser.add_argument("--doc_stride", type=int, default=128)
-    parser.add_argument("--num_train_epochs", type=float, default=2.0)
-    parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--per_device_train_batch_size", type=int, default=32)
-    parser.add_argument("--config_overrides", default=None, help="As the pipeline's (run_clm.py's format).")
-    args = parser.parse_args()
+    parser.add_argument("--run", help="A finished extractive-QA run directory with a teacher stage.")
+    parser.add_argument("--max-train-samples", type=int, help="Train on the run's first training questions (smoke).")
+    parser.add_argument("--max-eval-samples", type=int, help="Score the run's first dev questions (smoke).")
+    parser.add_argument("--max-steps", type=int, help="Stop training after these steps (smoke).")
+    parser.add_argument("--eval-batch-size", type=int, default=64, help="As the run's (train_squad.sh: 64).")
+    parser.add_argument("--output", help="Where to write the JSON (default: results/squad/plain_trainer_seed<seed>).")
+    args = parse_or_show(parser, table, required=("run",))
+    if args is None:
+        return
 
-    set_seed(args.seed)
-    backbone = default_backbone_path()
-    tokenizer = AutoTokenizer.from_pretrained(backbone)
-    raw = load_squad()
-    task = squad_task()
-    task.doc_stride = args.doc_stride
-    train, _ = split_train_heldout(raw["train"], args.max_train_samples, args.importance_samples, args.seed)
-    dev_examples = raw["validation"]
-    if args.max_eval_samples is not None:
-        dev_examples = dev_examples.select(range(args.max_eval_samples))
-    train_features = task.tokenize(train, tokenizer, args.max_seq_length)
-    dev_features = task.tokenize(dev_examples, tokenizer, args.max_seq_length, training=False)
-    config = AutoConfig.from_pretrained(backbone)
-    if args.config_overrides:
-        config.update_from_string(args.config_overrides)
-    model = BertForQuestionAnswering.from_pretrained(backbone, config=config)
-    training_args = TrainingArguments(
-        output_dir=str(Path("runs") / f"plain_squad_seed{args.seed}"),
-        num_train_epochs=args.num_train_epochs,
-        learning_rate=args.learning_rate,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        per_device_eval_batch_size=64,
-        seed=args.seed,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=20,
-        disable_tqdm=True,
-        use_cpu=True,
+    data = qa_run_splits(args.run)
+    record = data.run.record
+    train = first(data.splits["train"], args.max_train_samples)
+    dev = first(data.splits["dev"], args.max_eval_samples or record["data"]["max_eval_samples"])
+    tokenizer = load_tokenizer(record["model"]["model_name_or_path"])
+    train_features = data.task.tokenize(train, tokenizer, data.max_seq_length)
+    dev_features = data.task.tokenize(dev, tokenizer, data.max_seq_length, training=False)
+    recipe = teacher_recipe(record, args.max_steps)
+    with tempfile.TemporaryDirectory() as scratch:  # nothing is saved
+        where = {"output_dir": scratch, "per_device_eval_batch_size": args.eval_batch_size, "use_cpu": True}
+        quiet = {"save_strategy": "no", "report_to": "none", "logging_steps": 20, "disable_tqdm": True}
+        training_args = TrainingArguments(**recipe | where | quiet)
+        trainer = Trainer(
+            model=plain_model(record, training_args.seed),
+            args=training_args,
+            train_dataset=train_features,
+            eval_dataset=dev_features,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=data.task.compute_metrics(dev, dev_features),
+        )
+        trainer.train()
+        plain = trainer.evaluate()
+    teacher = data.run.results["stages"]["teacher"]["metrics"]
+    report = run_record(
+        task=data.task.name,
+        teacher_checkpoint=str(data.checkpoint("teacher")),
+        recipe=recipe,
+        train_windows=len(train_features),
+        dev_questions=len(dev),
+        plain_trainer={key: plain[key] for key in COMPARED},
+        flexbert_teacher={key: teacher[key] for key in COMPARED},
+        difference={key: teacher[key] - plain[key] for key in COMPARED},
     )
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_features,
-        eval_dataset=dev_features,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=SquadMetrics(dev_examples, dev_features),
-    )
-    trainer.train()
-    plain = trainer.evaluate()
-    teacher = json.loads((Path(args.teacher) / "stage_results.json").read_text())["metrics"]
-    report = {
-        "command": "python benchmarks/plain_trainer_squad_baseline.py "
-        + " ".join(f"--{key} {value}" for key, value in vars(args).items() if value is not None),
-        "train_windows": len(train_features),
-        "dev_questions": len(dev_examples),
-        "plain_trainer": {key: plain[key] for key in COMPARED},
-        "flexbert_teacher": {key: teacher[key] for key in COMPARED},
-        "difference": {key: teacher[key] - plain[key] for key in COMPARED},
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    output = RESULTS / f"plain_trainer_seed{args.seed}.json"
-    output.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(args.output or RESULTS / f"plain_trainer_seed{training_args.seed}.json", report)
+    print(table(report))
 
 
 if __name__ == "__main__":

@@ -1,26 +1,27 @@
-"""Dev metric of every off-ramp and of the final head of a model, and how much their outputs vary across the dev set
-(a ramp whose output barely varies answers every input alike — and agrees with itself, which fools patience).
+"""Dev metrics of every off-ramp and of the final head of a finished run's model, and how much their outputs vary
+across the dev set (a ramp whose output barely varies answers every input alike — and agrees with itself, which
+fools patience).
 
-    python benchmarks/ramp_report.py --task stsb --model runs/dynamic/stsb/gates \
+    python benchmarks/ramp_report.py --run runs/dynamic/stsb --stage gates \
         --output benchmarks/results/ramp_report_stsb.json
+
+The run's own data (any `transformers-flex train` classification or regression run: GLUE, a Hub dataset or files),
+its dev set as it split it, at its sequence length; metrics are the task's (GLUE's official ones for GLUE tasks).
+`--stage` picks the checkpoint (default: the run's final one; the committed file is that of the gates stage, made
+before this script took runs, as `--task stsb --model runs/dynamic/stsb/gates`). Writes JSON (with the command,
+machine and versions) and prints a Markdown table.
 """
 
 import argparse
-import json
-import os
-import sys
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import torch
+from common import add_run_arguments, parse_or_show, run_record, run_splits, write_report
 
-import torch  # noqa: E402
-from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
+from transformers_flex import FlexBertForSequenceClassification
+from transformers_flex.utils import load_tokenizer
 
-from transformers_flex import FlexBertForSequenceClassification  # noqa: E402
-from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue  # noqa: E402
-from transformers_flex.evaluation import length_bucketed_batches  # noqa: E402
-from transformers_flex.metrics import glue_metrics  # noqa: E402
+BATCH_SIZE = 64
+NOT_METRICS = ("classifier", "layer", "output_std")  # the row keys that are not dev metrics
 
 
 @torch.no_grad()
@@ -42,32 +43,50 @@ def ramp_outputs(model, batches: list[dict]) -> tuple[dict[str, torch.Tensor], t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True)
-    parser.add_argument("--model", required=True, help="A model with off-ramps.")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--output", required=True)
-    args = parser.parse_args()
+    add_run_arguments(parser, stage_help="the run's final one, which has the ramps")
+    parser.add_argument("--output", help="Where to write the JSON.")
+    args = parse_or_show(parser, table, required=("run", "output"))
+    if args is None:
+        return
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    dev = tokenize_glue(load_glue(args.task, args.data_dir)[GLUE_DEV_SPLIT[args.task]], tokenizer, args.task)
-    batches = length_bucketed_batches(dev, DataCollatorWithPadding(tokenizer), 64)
-    model = FlexBertForSequenceClassification.from_pretrained(args.model, dynamic_inference=False).eval()
-    outputs, labels = ramp_outputs(model, batches)
-    rows = []
-    for name, logits in outputs.items():
-        metrics = glue_metrics(args.task, logits.numpy(), labels.numpy())
+    data = run_splits(args.run, args.max_eval_samples)
+    checkpoint = data.checkpoint(args.stage)
+    tokenizer = load_tokenizer(checkpoint)
+    model = FlexBertForSequenceClassification.from_pretrained(checkpoint, dynamic_inference=False).eval()
+    outputs, labels = ramp_outputs(model, data.batches("dev", tokenizer, BATCH_SIZE))
+    rows = [
         # Spread of the answer across dev inputs: std of each output unit, averaged over units.
-        rows.append({"classifier": name, **metrics, "output_std": float(logits.std(dim=0).mean())})
-    report = {
-        "command": "python benchmarks/ramp_report.py " + " ".join(sys.argv[1:]),
-        "task": args.task,
-        "label_std": float(labels.float().std()),
-        "rows": rows,
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2))
-    for row in rows:
-        print(row)
+        {"classifier": name, **data.scores(logits, labels), "output_std": float(logits.std(dim=0).mean())}
+        for name, logits in outputs.items()
+    ]
+    report = run_record(
+        task=data.task.name,
+        checkpoint=str(checkpoint),
+        dev_examples=len(labels),
+        label_std=float(labels.float().std()),
+        rows=rows,
+    )
+    write_report(args.output, report)
+    print(table(report))
+
+
+def classifier_name(row: dict) -> str:
+    """The row's classifier; files written before rows were named give the ramp's layer (the last: the head)."""
+    return row.get("classifier") or f"layer {row['layer']}"
+
+
+def table(report: dict) -> str:
+    """One row per classifier: its dev metrics (in points) and output spread; last, the spread of the dev labels."""
+    names = [name for name in report["rows"][0] if name not in NOT_METRICS]
+    lines = [
+        "| classifier | " + " | ".join(names) + " | output spread |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for row in report["rows"]:
+        metrics = " | ".join(f"{100 * row[name]:.1f}" for name in names)
+        lines.append(f"| {classifier_name(row)} | {metrics} | {row['output_std']:.2g} |")
+    lines.append("| dev labels |" + " |" * len(names) + f" {report['label_std']:.2g} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

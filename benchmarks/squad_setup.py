@@ -1,65 +1,93 @@
-"""What the SQuAD benchmarks share: the dev-set arguments, the dev questions cut into windows as in training, the
-teacher's point, and the command line that reproduces a result. Imported by
-squad_subnets.py, squad_dynamic.py and squad_throughput.py (run from the repository root)."""
+"""What the SQuAD benchmarks share: a finished extractive-QA run's data (`qa_run_splits`), its dev questions cut into
+windows as the run cut them, with the collator that pads them (`load_dev`), the teacher's point, and the
+F1-vs-FLOPs plot. Imported by squad_subnets.py, squad_dynamic.py, squad_throughput.py and
+plain_trainer_squad_baseline.py (run from the repository root).
+
+A QA benchmark's dev set is the task's whole dev split by default (`--max-eval-samples`: its first questions), not
+the run's dev subset: SQuAD v1.1 results are reported on all 10,570 questions."""
 
 import argparse
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from common import RunSplits, add_run_arguments
+from transformers import DataCollatorWithPadding
 
-from transformers import AutoTokenizer, DataCollatorWithPadding  # noqa: E402
+from transformers_flex import FlexBertForQuestionAnswering
+from transformers_flex.evaluation import evaluate_qa_subnets
+from transformers_flex.hub import read_run
+from transformers_flex.training_pipeline import load_task, recorded_data_arguments, select_splits
+from transformers_flex.utils import load_tokenizer
 
-from transformers_flex import FlexBertForQuestionAnswering  # noqa: E402
-from transformers_flex.evaluation import evaluate_qa_subnets  # noqa: E402
-from transformers_flex.squad import load_squad  # noqa: E402
-from transformers_flex.tasks import squad_task  # noqa: E402
+# How a QA run cut and decoded its windows: recorded with its task, read back from there.
+WINDOW_SETTINGS = ("doc_stride", "n_best_size", "max_answer_length", "pad_to_max_length")
+# The task kind `recorded_data_arguments` takes for extractive QA (runs record it as "extractive_qa").
+RECORDED_QA_KIND = "question_answering"
+STAGE_HELP = "the run's final one; also any checkpoint folder in the run, as train_squad.sh's dynamic/gates"
 
 
 @dataclass
 class DevSet:
-    """SQuAD v1.1 dev questions (`examples`), their windows (`features`) and the collator that pads them."""
+    """Dev questions (`examples`), their windows (`features`) and the collator that pads them."""
 
     examples: object
     features: object
     collate: DataCollatorWithPadding
 
 
-def add_dev_arguments(parser: argparse.ArgumentParser, max_eval_samples: int | None = None) -> None:
-    """The dev-set flags every SQuAD benchmark takes (windows as in training: run_qa.py's 384/128 by default)."""
-    parser.add_argument("--max_eval_samples", type=int, default=max_eval_samples, help="Dev questions (None: all).")
-    parser.add_argument("--max_seq_length", type=int, default=384)
-    parser.add_argument("--doc_stride", type=int, default=128)
-    parser.add_argument("--batch_size", type=int, default=64, help="Windows per batch.")
+def add_qa_run_arguments(parser: argparse.ArgumentParser, max_eval_samples: int | None = None) -> None:
+    """`--run`, `--stage`, `--max-eval-samples` (dev questions; None: all) and `--batch-size` (windows per batch)."""
+    add_run_arguments(parser, stage_help=STAGE_HELP)
+    parser.set_defaults(max_eval_samples=max_eval_samples)
+    parser.add_argument("--batch-size", type=int, default=64, help="Windows per batch.")
 
 
-def load_dev(args: argparse.Namespace, tokenizer_path: str) -> DevSet:
-    """The first `args.max_eval_samples` dev questions (all by default), windowed with the model's tokenizer."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    examples = load_squad()["validation"]
-    if args.max_eval_samples is not None:
-        examples = examples.select(range(min(args.max_eval_samples, len(examples))))
-    task = squad_task()
-    task.doc_stride = args.doc_stride
-    features = task.tokenize(examples, tokenizer, args.max_seq_length, training=False)
+def qa_run_splits(run_dir: str | Path, max_eval_samples: int | None = None) -> RunSplits:
+    """`common.run_splits` for an extractive-QA run: the run's splits and task, its windows as it cut them (stride,
+    answer decoding), the dev split being the task's whole dev set (its first `max_eval_samples`). `run_splits`
+    cannot read a QA run: `recorded_data_arguments` checks for the kind "question_answering" where QA runs record
+    "extractive_qa", and leaves the window settings at their defaults."""
+    run = read_run(run_dir)
+    recorded_task = run.record["task"]
+    data_args = recorded_data_arguments({**run.record, "task": {**recorded_task, "kind": RECORDED_QA_KIND}})
+    for name in WINDOW_SETTINGS:
+        setattr(data_args, name, recorded_task[name])
+    data_args.max_eval_samples = max_eval_samples
+    task, raw = load_task(data_args)
+    splits = select_splits(task, raw, data_args, run.record["training"]["seed"])
+    return RunSplits(run, task, data_args.max_seq_length, splits)
+
+
+def load_dev(data: RunSplits, checkpoint: Path) -> DevSet:
+    """The dev questions of `data`, windowed with the checkpoint's tokenizer as the run windowed them."""
+    tokenizer = load_tokenizer(checkpoint)
+    examples = data.splits["dev"]
+    features = data.task.tokenize(examples, tokenizer, data.max_seq_length, training=False)
     return DevSet(examples, features, DataCollatorWithPadding(tokenizer))
 
 
-def teacher_point(path: str, dev: DevSet, batch_size: int) -> dict:
-    """EM, F1 and FLOPs per question of the fine-tuned full model (its answers included, under "answers")."""
-    teacher = FlexBertForQuestionAnswering.from_pretrained(path)
+def teacher_point(data: RunSplits, dev: DevSet, batch_size: int) -> dict:
+    """EM, F1 and FLOPs per question of the run's teacher stage (its answers included, under "answers")."""
+    teacher = FlexBertForQuestionAnswering.from_pretrained(data.checkpoint("teacher"))
     return evaluate_qa_subnets(teacher, dev.examples, dev.features, dev.collate, [(1.0, 1.0)], batch_size)[0]
 
 
-def command_line(script: str, args: argparse.Namespace) -> str:
-    """The command that reproduces a result: every flag that has a value (lists space-separated)."""
-    flags = []
-    for key, value in vars(args).items():
-        if value in (None, False):
-            continue
-        if value is True:
-            flags.append(f"--{key}")
-        else:
-            flags.append(f"--{key} {' '.join(map(str, value)) if isinstance(value, list) else value}")
-    return " ".join([f"python benchmarks/{script}", *flags])
+def save_f1_plot(report: dict, path: Path, title: str, draw: Callable) -> None:
+    """F1 against GFLOPs per question: what `draw(axis)` puts on the axes, and the teacher as a red star."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    draw(axis)
+    teacher = report["teacher"]
+    axis.scatter([teacher["mean_flops"] / 1e9], [teacher["f1"]], marker="*", s=160, color="red", label="teacher")
+    axis.set_xlabel("GFLOPs per question (real lengths)")
+    axis.set_ylabel("dev F1")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)

@@ -1,11 +1,15 @@
-"""SQuAD v1.1 dev exact match and F1 of a QA teacher and of every static sub-network of a flexible QA model, with
-FLOPs per question at real lengths, on the whole dev set (10,570 questions) by default; a metric-vs-FLOPs plot.
+"""Dev exact match and F1 of a QA run's teacher and of every static sub-network of one of its flexible checkpoints,
+with FLOPs per question at real lengths, on the task's whole dev set (SQuAD v1.1: 10,570 questions) by default; a
+metric-vs-FLOPs plot.
 
-    python benchmarks/squad_subnets.py --teacher runs/squad/teacher --model runs/squad/width_depth
+    python benchmarks/squad_subnets.py --run runs/squad --stage width_depth_1ep
 
-Windows are cut as in training (`--max_seq_length`, `--doc_stride`; run_qa.py's 384/128 by default). FLOPs per
-question add up its windows (a long context costs several). Writes benchmarks/results/squad/subnets.json and
-subnets.png, and each model's answers as `predictions.json` files under `--predictions_dir`.
+Any finished extractive-QA run (`transformers-flex train`, `examples/run_squad_flex.py`, benchmarks/train_squad.sh);
+the teacher is the run's teacher stage, `--stage` the flexible model (a stage, or a checkpoint folder in the run such
+as train_squad.sh's width_depth_1ep). Windows are cut as the run cut them (its `max_seq_length`, `doc_stride`).
+FLOPs per question add up its windows (a long context costs several). `--full-depth-only` measures the widths at full
+depth (a width-stage model: `--stage width`). Writes benchmarks/results/squad/subnets.json and subnets.png (or
+`--output`), and each model's answers as files under `--predictions-dir`.
 """
 
 import argparse
@@ -13,76 +17,89 @@ import json
 import time
 from pathlib import Path
 
-import matplotlib
 import torch
+from common import parse_or_show, run_record, write_report
+from squad_setup import add_qa_run_arguments, load_dev, qa_run_splits, save_f1_plot, teacher_point
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from squad_setup import add_dev_arguments, command_line, load_dev, teacher_point  # noqa: E402
-
-from transformers_flex import FlexBertForQuestionAnswering  # noqa: E402
-from transformers_flex.evaluation import evaluate_qa_subnets, subnet_grid  # noqa: E402
+from transformers_flex import FlexBertForQuestionAnswering
+from transformers_flex.evaluation import evaluate_qa_subnets, subnet_grid
 
 RESULTS = Path(__file__).parent / "results" / "squad"
 
 
-def plot(summary: dict, path: Path) -> None:
+def plot(report: dict, path: Path) -> None:
     """F1 against GFLOPs per question: every sub-network (labelled width/depth) and the teacher."""
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    rows = summary["subnets"]
-    axis.scatter([row["mean_flops"] / 1e9 for row in rows], [row["f1"] for row in rows], label="flexible sub-networks")
-    for row in rows:
-        axis.annotate(f"{row['width']}/{row['depth']}", (row["mean_flops"] / 1e9, row["f1"]), fontsize=7)
-    teacher = summary["teacher"]
-    axis.scatter([teacher["mean_flops"] / 1e9], [teacher["f1"]], marker="*", s=160, color="red", label="teacher")
-    axis.set_xlabel("GFLOPs per question (real lengths)")
-    axis.set_ylabel("SQuAD v1.1 dev F1")
-    axis.set_title(f"SQuAD v1.1 dev ({summary['dev_questions']} questions), width/depth labels")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+
+    def draw(axis) -> None:
+        rows = report["subnets"]
+        flops = [row["mean_flops"] / 1e9 for row in rows]
+        axis.scatter(flops, [row["f1"] for row in rows], label="flexible sub-networks")
+        for row, row_flops in zip(rows, flops):
+            axis.annotate(f"{row['width']}/{row['depth']}", (row_flops, row["f1"]), fontsize=7)
+
+    title = f"{report['task']} dev ({report['dev_questions']} questions), width/depth labels"
+    save_f1_plot(report, path, title, draw)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", required=True, help="The fine-tuned full model (the pipeline's teacher stage).")
-    parser.add_argument("--model", required=True, help="The flexible model (the pipeline's width_depth stage).")
-    parser.add_argument("--full_depth_only", action="store_true", help="Widths at full depth (a width-stage model).")
-    add_dev_arguments(parser)
-    parser.add_argument("--predictions_dir", default="runs/squad_predictions")
-    parser.add_argument("--output", default=str(RESULTS / "subnets.json"))
-    args = parser.parse_args()
+def table(report: dict) -> str:
+    """The Markdown table of docs/RESULTS.md §7: the teacher, then every sub-network."""
+    teacher = report["teacher"]
+    rows = [
+        "| model | width | depth | EM | F1 | GFLOPs / question | vs teacher FLOPs | papers' GFLOPs / window |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| teacher | 1.0 | 1.0 | {teacher['exact_match']:.2f} | {teacher['f1']:.2f} | "
+        f"{teacher['mean_flops'] / 1e9:.2f} | 1.00 | {teacher['paper_flops'] / 1e9:.2f} |",
+    ]
+    for row in report["subnets"]:
+        rows.append(
+            f"| flexible | {row['width']} | {row['depth']} | {row['exact_match']:.2f} | {row['f1']:.2f} | "
+            f"{row['mean_flops'] / 1e9:.2f} | {row['mean_flops'] / teacher['mean_flops']:.2f} | "
+            f"{row['paper_flops'] / 1e9:.2f} |"
+        )
+    return "\n".join(rows)
 
-    torch.manual_seed(0)
-    dev = load_dev(args, args.model)
-    started = time.time()
-    teacher = teacher_point(args.teacher, dev, args.batch_size)
-    model = FlexBertForQuestionAnswering.from_pretrained(args.model)
-    grid = subnet_grid(model.config, full_depth_only=args.full_depth_only)
-    subnets = evaluate_qa_subnets(model, dev.examples, dev.features, dev.collate, grid, args.batch_size)
-    predictions_dir = Path(args.predictions_dir)
+
+def write_answers(predictions_dir: Path, teacher: dict, subnets: list[dict]) -> None:
+    """Each model's answers (taken out of its row) as `{question id: answer}` files."""
     predictions_dir.mkdir(parents=True, exist_ok=True)
     (predictions_dir / "teacher.json").write_text(json.dumps(teacher.pop("answers")))
     for row in subnets:
         (predictions_dir / f"w{row['width']}_d{row['depth']}.json").write_text(json.dumps(row.pop("answers")))
-    summary = {
-        "command": command_line("squad_subnets.py", args),
-        "dev_questions": len(dev.examples),
-        "dev_windows": len(dev.features),
-        "seconds": round(time.time() - started, 1),
-        "teacher": teacher,
-        "subnets": subnets,
-    }
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(summary, indent=2))
-    plot(summary, output.with_suffix(".png"))
-    for row in [teacher, *subnets]:
-        print(
-            f"w{row.get('width')} d{row.get('depth')}: EM {row['exact_match']:.2f} F1 {row['f1']:.2f} "
-            f"GFLOPs/question {row['mean_flops'] / 1e9:.2f}"
-        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_qa_run_arguments(parser)
+    parser.add_argument("--full-depth-only", action="store_true", help="Widths at full depth (a width-stage model).")
+    parser.add_argument("--predictions-dir", default="runs/squad_predictions")
+    parser.add_argument("--output", default=str(RESULTS / "subnets.json"))
+    args = parse_or_show(parser, table, required=("run",))
+    if args is None:
+        return
+
+    torch.manual_seed(0)
+    data = qa_run_splits(args.run, args.max_eval_samples)
+    checkpoint = data.checkpoint(args.stage)
+    dev = load_dev(data, checkpoint)
+    started = time.time()
+    teacher = teacher_point(data, dev, args.batch_size)
+    model = FlexBertForQuestionAnswering.from_pretrained(checkpoint)
+    grid = subnet_grid(model.config, full_depth_only=args.full_depth_only)
+    subnets = evaluate_qa_subnets(model, dev.examples, dev.features, dev.collate, grid, args.batch_size)
+    write_answers(Path(args.predictions_dir), teacher, subnets)
+    report = run_record(
+        task=data.task.name,
+        checkpoint=str(checkpoint),
+        teacher_checkpoint=str(data.checkpoint("teacher")),
+        dev_questions=len(dev.examples),
+        dev_windows=len(dev.features),
+        seconds=round(time.time() - started, 1),
+        teacher=teacher,
+        subnets=subnets,
+    )
+    write_report(args.output, report)
+    plot(report, Path(args.output).with_suffix(".png"))
+    print(table(report))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,21 @@ SMOKE = {
     "--output {out}/dynamic_summary.json",
     "compare_results": "tradeoffs {results}/dynamic_tradeoffs_sst2.json {results}/repro/dynamic_tradeoffs_sst2.json "
     "--output {out}/compare_results.json",
+    "ramp_report": "--run {classification_run} --max-eval-samples 16 --output {out}/ramp_report.json",
+    "layer_probe": "--run {classification_run} --ramps ramps gates --train-examples 16 --max-eval-samples 16 "
+    "--output {out}/layer_probe.json",
+    "summarize_glue": "{classification_run} --output {out}/summarize_glue",
+    "subnet_latency": "--rounds 1 --warmup 0 --batch-size 2 --seq-length 16 --output {out}/subnet_latency.json",
+    "training_cost": "--rounds 1 --batch-size 2 --max-length 16 --output {out}/training_cost.json",
+    "squad_subnets": "--run {qa_run} --stage width_depth --max-eval-samples 4 --batch-size 16 "
+    "--predictions-dir {out}/squad/pred --output {out}/squad/subnets.json",
+    "squad_dynamic": "--run {qa_run} --max-eval-samples 4 --thresholds 1.0 --patience 1 --gated-thresholds 2.0 "
+    "--output {out}/squad/dynamic.json",
+    "squad_throughput": "--run {qa_run} --max-eval-samples 4 --rounds 1 --thresholds 1.0 --batch-size 8 "
+    "--output {out}/squad/throughput_cpu.json",
+    "plain_trainer_squad_baseline": "--run {qa_run} --max-train-samples 8 --max-eval-samples 4 --max-steps 1 "
+    "--output {out}/squad/plain_trainer_seed42.json",
+    "squad_summary": "--results-dir {out}/squad",
     "plain_trainer_baseline": "--run {classification_run} --output {out}/plain_trainer.json",
     "grafting_ablation": "--tasks mrpc --seeds 42 --output-dir {out}/grafting_runs --results {out}/grafting.json "
     f"-- {TINY_ABLATION}",

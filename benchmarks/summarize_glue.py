@@ -1,27 +1,29 @@
-"""Tables and metric-vs-FLOPs plots of finished `run_glue_flex.py --flex_stage all` runs.
+"""Tables and metric-vs-FLOPs plots of finished pipeline runs (`transformers-flex train`, or
+`examples/run_glue_flex.py --flex_stage all`).
 
     python benchmarks/summarize_glue.py runs/mrpc runs/rte --output benchmarks/results/glue_flex
 
-For each run directory: the teacher, and every (width, depth) sub-network of the last stage with its dev metrics
-and FLOPs (analytic, per example at the dev set's real lengths, relative to the full model); one plot per task;
-one JSON with everything. Tables are printed as Markdown. With several tasks, also the issue's bars: the full-size
+For each run directory: the teacher, and every (width, depth) sub-network of the last static stage (width_depth,
+else width) with its dev metrics and FLOPs (analytic, per example at the real lengths of the run's dev set, tokenized
+as the run tokenized it, relative to the full model); one plot per task; one JSON with everything (with the command,
+machine and versions). Any run's data (GLUE, a Hub dataset or files), split as the run split it; the metrics are the
+ones the run reported. Tables are printed as Markdown. With several tasks, also the issue's bars: the full-size
 sub-network against the teacher, width 0.5 (full depth) against the teacher, averaged over tasks, and the smallest
 sub-network's loss.
 """
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-from transformers import AutoTokenizer
+from common import parse_or_show, run_record, run_splits, write_report
 
 from transformers_flex import FlexBertConfig
-from transformers_flex.data import GLUE_DEV_SPLIT, load_glue, tokenize_glue
 from transformers_flex.flops import subnet_flops
-from transformers_flex.metrics import GLUE_METRICS
+from transformers_flex.hub import metric_names
+from transformers_flex.utils import load_tokenizer
 
 STAGES = ("width_depth", "width", "teacher")
+BAR_SUBNETS = ((1.0, 1.0), (0.5, 1.0))  # the full-size and the width-0.5 sub-networks the bars compare
 
 
 def subnet_rows(metrics: dict, metric_names: tuple[str, ...]) -> list[dict]:
@@ -40,37 +42,59 @@ def subnet_rows(metrics: dict, metric_names: tuple[str, ...]) -> list[dict]:
     ]
 
 
+def dev_metric_names(metrics: dict, task) -> tuple[str, ...]:
+    """The metrics a stage reports on the main dev set, in its order (not those of further dev sets: MNLI's
+    mismatched one is reported as `eval_mm_...`)."""
+    further = tuple(f"{prefix.removeprefix('eval_')}_" for prefix in task.extra_dev_splits)
+    return tuple(name for name in metric_names(metrics) if not name.startswith(further))
+
+
 def mean_dev_flops(config: FlexBertConfig, lengths: list[int], width: float, depth: float) -> float:
     return sum(subnet_flops(config, width, depth, length) for length in lengths) / len(lengths)
 
 
 def summarize(run_dir: Path) -> dict:
-    results = json.loads((run_dir / "results.json").read_text())
-    task = results["task"]
-    names = GLUE_METRICS[task]
-    stage = next(stage for stage in STAGES if stage in results["stages"])
-    config = FlexBertConfig.from_pretrained(run_dir / stage)
-    tokenizer = AutoTokenizer.from_pretrained(results["backbone"])
-    dev = load_glue(task)[GLUE_DEV_SPLIT[task]].select(range(results["dev_examples"]))
-    lengths = [len(ids) for ids in tokenize_glue(dev, tokenizer, task)["input_ids"]]
+    """The run's teacher (None when the run has no teacher stage) and the sub-networks of its last static stage."""
+    data = run_splits(run_dir)
+    stages = data.run.results["stages"]
+    stage = next(stage for stage in STAGES if stage in stages)
+    names = dev_metric_names(stages[stage]["metrics"], data.task)
+    config = FlexBertConfig.from_pretrained(data.checkpoint(stage))
+    tokenizer = load_tokenizer(data.checkpoint(stage))
+    dev = data.task.tokenize(data.splits["dev"], tokenizer, data.max_seq_length)
+    lengths = [len(ids) for ids in dev["input_ids"]]
     full = mean_dev_flops(config, lengths, 1.0, 1.0)
-    rows = subnet_rows(results["stages"][stage]["metrics"], names)
+    rows = subnet_rows(stages[stage]["metrics"], names)
     for row in rows:
         row["flops_ratio"] = mean_dev_flops(config, lengths, row["width"], row["depth"]) / full
-    teacher = {name: results["stages"]["teacher"]["metrics"][f"eval_{name}"] for name in names}
-    return {"task": task, "stage": stage, "metrics": names, "teacher": teacher, "mean_full_flops": full, "rows": rows}
+    teacher = {name: stages["teacher"]["metrics"][f"eval_{name}"] for name in names} if "teacher" in stages else None
+    return {
+        "task": data.task.name,
+        "stage": stage,
+        "metrics": names,
+        "teacher": teacher,
+        "mean_full_flops": full,
+        "rows": rows,
+    }
 
 
 def markdown(summary: dict) -> str:
     names = summary["metrics"]
     header = "| width | depth | FLOPs ratio | " + " | ".join(names) + " |"
     lines = [f"**{summary['task']}** (stage `{summary['stage']}`)", "", header, "|---|---|---|" + "---|" * len(names)]
-    teacher = " | ".join(f"{100 * summary['teacher'][n]:.1f}" for n in names)
-    lines.append(f"| teacher | | 1.000 | {teacher} |")
+    if summary["teacher"] is not None:
+        teacher = " | ".join(f"{100 * summary['teacher'][n]:.1f}" for n in names)
+        lines.append(f"| teacher | | 1.000 | {teacher} |")
     for row in summary["rows"]:
         values = " | ".join(f"{100 * row[n]:.1f}" for n in names)
         lines.append(f"| {row['width']} | {row['depth']} | {row['flops_ratio']:.3f} | {values} |")
     return "\n".join(lines)
+
+
+def has_bars(summary: dict) -> bool:
+    """Whether a summary has what the bars compare: a teacher and the full-size and width-0.5 sub-networks."""
+    subnets = {(row["width"], row["depth"]) for row in summary["rows"]}
+    return summary["teacher"] is not None and subnets.issuperset(BAR_SUBNETS)
 
 
 def bar_check(summaries: list[dict]) -> dict:
@@ -119,6 +143,14 @@ def bar_markdown(bars: dict) -> str:
     return "\n".join(lines)
 
 
+def table(report: dict) -> str:
+    """Every task's table, then the bars when the report has them."""
+    tables = [markdown(summary) for summary in report["tasks"]]
+    if "bars" in report:
+        tables.append(bar_markdown(report["bars"]))
+    return "\n\n".join(tables)
+
+
 def plot(summaries: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -133,7 +165,8 @@ def plot(summaries: list[dict], path: Path) -> None:
             axis.plot(
                 [r["flops_ratio"] for r in rows], [100 * r[metric] for r in rows], marker="o", label=f"depth {depth}"
             )
-        axis.axhline(100 * summary["teacher"][metric], color="grey", linestyle="--", label="teacher")
+        if summary["teacher"] is not None:
+            axis.axhline(100 * summary["teacher"][metric], color="grey", linestyle="--", label="teacher")
         axis.set_title(summary["task"])
         axis.set_xlabel("FLOPs / full model")
         axis.set_ylabel(f"dev {metric}")
@@ -144,21 +177,23 @@ def plot(summaries: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="Output directories of run_glue_flex.py --flex_stage all.")
+    parser.add_argument("runs", nargs="*", help="Finished pipeline run directories.")
     parser.add_argument("--output", default="benchmarks/results/glue_flex", help="Path stem for .json and .png.")
-    args = parser.parse_args()
+    args = parse_or_show(parser, table, required=())
+    if args is None:
+        return
+    if not args.runs:  # a positional list is never None, so parse_or_show cannot ask for it
+        parser.error("one or more run directories required (or --show RESULT.json).")
+
     summaries = [summarize(Path(run)) for run in args.runs]
+    report = run_record(tasks=summaries)
+    with_bars = [summary for summary in summaries if has_bars(summary)]  # a teacher-only run has no sub-networks
+    if len(with_bars) > 1:
+        report["bars"] = bar_check(with_bars)
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    report = {"command": "python benchmarks/summarize_glue.py " + " ".join(sys.argv[1:]), "tasks": summaries}
-    with_subnets = [summary for summary in summaries if summary["rows"]]  # a teacher-only run has no sub-networks
-    if len(with_subnets) > 1:
-        report["bars"] = bar_check(with_subnets)
-    output.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    write_report(output.with_suffix(".json"), report)
     plot(summaries, output.with_suffix(".png"))
-    print("\n\n".join(markdown(summary) for summary in summaries))
-    if "bars" in report:
-        print("\n" + bar_markdown(report["bars"]))
+    print(table(report))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 # off-ramps and width gates on that model (into $OUTPUT_DIR/dynamic), which is what fits 2-core CPU sessions.
 # Attention dropout is off: on CPU, PyTorch's attention with dropout runs about twice as slowly (the plain-Trainer
 # baseline uses the same setting). Resumable: rerun the same command after an interruption. Usage: benchmarks/train_squad.sh [output_dir]
+# Every checkpoint lands in the one run $OUTPUT_DIR (its record gives the benchmarks the data and windows), so the
+# benchmarks take `--run $OUTPUT_DIR --stage width|width_depth_1ep|dynamic/gates`; the teacher is its teacher stage.
 set -euo pipefail
 OUTPUT_DIR=${1:-runs/squad}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
