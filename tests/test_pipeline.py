@@ -259,3 +259,16 @@ def test_a_complete_checkpoint_in_a_layout_without_model_safetensors_is_resumed(
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
     assert last_complete_checkpoint(tmp_path) == str(folder)
     assert [path.name for path in tmp_path.iterdir()] == ["checkpoint-3"]  # nothing set aside
+
+
+def test_a_recorded_squad_run_gives_its_data_and_windows_back():
+    """The benchmarks reread a run's data from its record: a SQuAD run is the SQuAD task again, cut into the same
+    windows (not a Hub dataset with default windows)."""
+    from transformers_flex.training_pipeline import recorded_data_arguments
+
+    sizes = {"max_seq_length": 128, "max_train_samples": 32, "max_eval_samples": 16, "importance_samples": 8}
+    task = {"name": "squad", "kind": "extractive_qa", "glue_task": None, "doc_stride": 32, "max_answer_length": 20}
+    task |= {"text_columns": ["question", "context"], "label_column": "answers"}
+    arguments = recorded_data_arguments({"data": {**sizes, "dataset_name": "rajpurkar/squad"}, "task": task})
+    assert arguments.task_name == "squad" and arguments.dataset_name is None
+    assert (arguments.doc_stride, arguments.max_answer_length, arguments.max_eval_samples) == (32, 20, 16)

@@ -452,13 +452,19 @@ def recorded_data_arguments(record: dict) -> DataArguments:
     data, task = record["data"], record["task"]
     sizes = {name: data[name] for name in ("max_seq_length", "max_train_samples", "max_eval_samples")}
     arguments = DataArguments(importance_samples=data["importance_samples"], **sizes)
-    if not task.get("glue_task") and task.get("kind") != "question_answering":  # columns a GLUE task knows itself
+    qa = task.get("kind") == "extractive_qa"
+    if qa:  # the windows the run cut its contexts into
+        for name in ("doc_stride", "n_best_size", "max_answer_length", "pad_to_max_length"):
+            if name in task:
+                setattr(arguments, name, task[name])
+    squad = qa and "train_file" not in data  # SQuAD itself: its columns are known, as a GLUE task's are
+    if not task.get("glue_task") and not squad:  # columns a GLUE task knows itself
         arguments.text_column_names = ",".join(task["text_columns"])
         arguments.label_column_name = task["label_column"]
         arguments.is_regression = task["kind"] == "regression"
     if "train_file" in data:
         arguments.train_file, arguments.validation_file = data["train_file"], data["validation_file"]
-    elif task.get("glue_task") or task.get("kind") == "question_answering":
+    elif task.get("glue_task") or squad:
         arguments.task_name = task.get("glue_task") or SQUAD_TASK
         arguments.data_dir = data.get("data_dir")
     else:
