@@ -144,13 +144,17 @@ class RunSplits:
         return self.task.compute_metrics()(EvalPrediction(np.asarray(logits), np.asarray(labels)))
 
 
-def run_splits(run_dir: str | Path, max_eval_samples: int | None = None) -> RunSplits:
-    """The run in `run_dir` and its data; `max_eval_samples` keeps the dev set's first examples (smoke runs)."""
+def run_splits(run_dir: str | Path, max_eval_samples: int | None = None, whole_dev: bool = False) -> RunSplits:
+    """The run in `run_dir` and its data; `max_eval_samples` keeps the dev set's first examples (smoke runs). With
+    `whole_dev` the dev set is the task's whole dev split (its first `max_eval_samples`), not the run's dev subset:
+    SQuAD results are reported on every question, while a QA run evaluates its stages on a few hundred."""
     from transformers_flex.hub import read_run
     from transformers_flex.training_pipeline import load_task, recorded_data_arguments, select_splits
 
     run = read_run(run_dir)
     data_args = recorded_data_arguments(run.record)
+    if whole_dev:
+        data_args.max_eval_samples = max_eval_samples
     task, raw = load_task(data_args)
     splits = select_splits(task, raw, data_args, run.record["training"]["seed"])
     if max_eval_samples is not None:

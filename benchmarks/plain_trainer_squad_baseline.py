@@ -19,8 +19,7 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from common import parse_or_show, run_record, write_report
-from squad_setup import qa_run_splits
+from common import parse_or_show, run_record, run_splits, write_report
 from transformers import (
     AutoConfig,
     BertForQuestionAnswering,
@@ -84,10 +83,10 @@ def main() -> None:
     if args is None:
         return
 
-    data = qa_run_splits(args.run)
+    data = run_splits(args.run, args.max_eval_samples)  # the run's own dev subset, as its teacher was evaluated on
     record = data.run.record
     train = first(data.splits["train"], args.max_train_samples)
-    dev = first(data.splits["dev"], args.max_eval_samples or record["data"]["max_eval_samples"])
+    dev = data.splits["dev"]
     tokenizer = load_tokenizer(record["model"]["model_name_or_path"])
     train_features = data.task.tokenize(train, tokenizer, data.max_seq_length)
     dev_features = data.task.tokenize(dev, tokenizer, data.max_seq_length, training=False)

@@ -20,8 +20,8 @@ import argparse
 import time
 from pathlib import Path
 
-from common import parse_or_show, run_record, write_report
-from squad_setup import add_qa_run_arguments, load_dev, qa_run_splits, save_f1_plot, teacher_point
+from common import parse_or_show, run_record, run_splits, write_report
+from squad_setup import add_qa_run_arguments, load_dev, save_f1_plot, teacher_point
 from tqdm.auto import tqdm
 
 from transformers_flex import FlexBertForQuestionAnswering
@@ -88,7 +88,7 @@ def main() -> None:
     if args is None:
         return
 
-    data = qa_run_splits(args.run, args.max_eval_samples)
+    data = run_splits(args.run, args.max_eval_samples, whole_dev=True)
     checkpoint = data.checkpoint(args.stage)
     dev = load_dev(data, checkpoint)
     started = time.time()

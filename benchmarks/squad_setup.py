@@ -1,10 +1,11 @@
-"""What the SQuAD benchmarks share: a finished extractive-QA run's data (`qa_run_splits`), its dev questions cut into
+"""What the SQuAD benchmarks share: a finished extractive-QA run's dev questions cut into
 windows as the run cut them, with the collator that pads them (`load_dev`), the teacher's point, and the
 F1-vs-FLOPs plot. Imported by squad_subnets.py, squad_dynamic.py, squad_throughput.py and
 plain_trainer_squad_baseline.py (run from the repository root).
 
-A QA benchmark's dev set is the task's whole dev split by default (`--max-eval-samples`: its first questions), not
-the run's dev subset: SQuAD v1.1 results are reported on all 10,570 questions."""
+A QA benchmark's dev set is the task's whole dev split by default (`run_splits(..., whole_dev=True)`;
+`--max-eval-samples`: its first questions), not the run's dev subset: SQuAD v1.1 results are reported on all 10,570
+questions."""
 
 import argparse
 from collections.abc import Callable
@@ -16,14 +17,8 @@ from transformers import DataCollatorWithPadding
 
 from transformers_flex import FlexBertForQuestionAnswering
 from transformers_flex.evaluation import evaluate_qa_subnets
-from transformers_flex.hub import read_run
-from transformers_flex.training_pipeline import load_task, recorded_data_arguments, select_splits
 from transformers_flex.utils import load_tokenizer
 
-# How a QA run cut and decoded its windows: recorded with its task, read back from there.
-WINDOW_SETTINGS = ("doc_stride", "n_best_size", "max_answer_length", "pad_to_max_length")
-# The task kind `recorded_data_arguments` takes for extractive QA (runs record it as "extractive_qa").
-RECORDED_QA_KIND = "question_answering"
 STAGE_HELP = "the run's final one; also any checkpoint folder in the run, as train_squad.sh's dynamic/gates"
 
 
@@ -41,22 +36,6 @@ def add_qa_run_arguments(parser: argparse.ArgumentParser, max_eval_samples: int 
     add_run_arguments(parser, stage_help=STAGE_HELP)
     parser.set_defaults(max_eval_samples=max_eval_samples)
     parser.add_argument("--batch-size", type=int, default=64, help="Windows per batch.")
-
-
-def qa_run_splits(run_dir: str | Path, max_eval_samples: int | None = None) -> RunSplits:
-    """`common.run_splits` for an extractive-QA run: the run's splits and task, its windows as it cut them (stride,
-    answer decoding), the dev split being the task's whole dev set (its first `max_eval_samples`). `run_splits`
-    cannot read a QA run: `recorded_data_arguments` checks for the kind "question_answering" where QA runs record
-    "extractive_qa", and leaves the window settings at their defaults."""
-    run = read_run(run_dir)
-    recorded_task = run.record["task"]
-    data_args = recorded_data_arguments({**run.record, "task": {**recorded_task, "kind": RECORDED_QA_KIND}})
-    for name in WINDOW_SETTINGS:
-        setattr(data_args, name, recorded_task[name])
-    data_args.max_eval_samples = max_eval_samples
-    task, raw = load_task(data_args)
-    splits = select_splits(task, raw, data_args, run.record["training"]["seed"])
-    return RunSplits(run, task, data_args.max_seq_length, splits)
 
 
 def load_dev(data: RunSplits, checkpoint: Path) -> DevSet:

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import parse_or_show, run_record, write_report
-from squad_setup import add_qa_run_arguments, load_dev, qa_run_splits, save_f1_plot, teacher_point
+from common import parse_or_show, run_record, run_splits, write_report
+from squad_setup import add_qa_run_arguments, load_dev, save_f1_plot, teacher_point
 
 from transformers_flex import FlexBertForQuestionAnswering
 from transformers_flex.evaluation import evaluate_qa_subnets, subnet_grid
@@ -78,7 +78,7 @@ def main() -> None:
         return
 
     torch.manual_seed(0)
-    data = qa_run_splits(args.run, args.max_eval_samples)
+    data = run_splits(args.run, args.max_eval_samples, whole_dev=True)
     checkpoint = data.checkpoint(args.stage)
     dev = load_dev(data, checkpoint)
     started = time.time()

@@ -23,8 +23,8 @@ into windows as the run cut them. Writes JSON (with the command, machine and ver
 import argparse
 
 import torch
-from common import parse_or_show, run_record, write_report
-from squad_setup import add_qa_run_arguments, load_dev, qa_run_splits
+from common import parse_or_show, run_record, run_splits, write_report
+from squad_setup import add_qa_run_arguments, load_dev
 
 from transformers_flex import FlexBertForQuestionAnswering, subnet_flops
 from transformers_flex.evaluation import MODEL_INPUTS, interleaved_medians, question_batches
@@ -120,7 +120,7 @@ def main() -> None:
     if args is None:
         return
 
-    data = qa_run_splits(args.run, args.max_eval_samples)
+    data = run_splits(args.run, args.max_eval_samples, whole_dev=True)
     checkpoint = data.checkpoint(args.stage)
     dev = load_dev(data, checkpoint)
     batches, singles = collated_batches(dev, args.batch_size)
