@@ -94,6 +94,39 @@ def add_run_arguments(parser: argparse.ArgumentParser, stage_help: str = "the ru
     parser.add_argument("--max-eval-samples", type=int, help="Use only the dev set's first examples (smoke runs).")
 
 
+# The recipe of the committed GLUE runs (section 3 of docs/RESULTS.md) and the options that keep a stage quiet and
+# resumable; the scripts that train through `transformers-flex train` share them.
+TRAINING_RECIPE = {"num_train_epochs": "3", "learning_rate": "5e-5", "per_device_train_batch_size": "32"}
+QUIET_TRAINING = [
+    *("--save_strategy", "epoch", "--save_total_limit", "1", "--logging_steps", "50", "--report_to", "none"),
+    *("--disable_tqdm", "true"),
+]
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--num_train_epochs`, `--learning_rate`, `--per_device_train_batch_size`, defaulting to TRAINING_RECIPE."""
+    for name, default in TRAINING_RECIPE.items():
+        parser.add_argument(f"--{name}", default=default, help=f"Every stage's {name} (default {default}).")
+
+
+def recipe_options(args: argparse.Namespace) -> list[str]:
+    """The recipe options parsed by `add_recipe_arguments`, as `transformers-flex train` arguments."""
+    return [item for name in TRAINING_RECIPE for item in (f"--{name}", getattr(args, name))]
+
+
+def train_flex(arguments: list[str]) -> None:
+    """One `transformers-flex train` call in this Python, quiet and resumable (a failed one stops the script)."""
+    command = [str(Path(sys.executable).parent / "transformers-flex"), "train", *arguments, *QUIET_TRAINING]
+    print("+ transformers-flex", shlex.join(command[1:]), flush=True)
+    subprocess.run(command, check=True)
+
+
+def subnet_score(metrics: dict, metric: str, width: float, depth: float) -> float:
+    """The dev metric of (width, depth) from a stage's metrics (a single full-size model reports plain keys)."""
+    key = f"eval_w{width}_d{depth}_{metric}"
+    return metrics[key] if key in metrics else metrics[f"eval_{metric}"]
+
+
 def main_metric(scores: dict) -> str:
     """The name of the first metric a task reports (GLUE's ranking one; accuracy for other classification)."""
     return next(iter(scores))

@@ -22,12 +22,18 @@ script does not know (`--max_train_samples 64`, ...) go to every `transformers-f
 
 import argparse
 import json
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
-from common import parse_or_show, run_record, write_report
+from common import (
+    TRAINING_RECIPE,
+    add_recipe_arguments,
+    parse_or_show,
+    recipe_options,
+    run_record,
+    subnet_score,
+    train_flex,
+    write_report,
+)
 
 from transformers_flex import FlexBertConfig
 from transformers_flex.flops import subnet_flops
@@ -46,24 +52,6 @@ BASELINES = {
     "width0.5_kd": ("width", "rewire", "every_other", (0.5, 1.0)),
     "width0.25_kd": ("width", "rewire", "every_other", (0.25, 1.0)),
 }
-RECIPE = {"num_train_epochs": "3", "learning_rate": "5e-5", "per_device_train_batch_size": "32"}
-QUIET = [
-    *("--save_strategy", "epoch", "--save_total_limit", "1", "--logging_steps", "50", "--report_to", "none"),
-    *("--disable_tqdm", "true"),
-]
-
-
-def train(arguments: list[str]) -> None:
-    """One `transformers-flex train` call, in this Python (a failed one stops the script with its exit status)."""
-    command = [str(Path(sys.executable).parent / "transformers-flex"), "train", *arguments, *QUIET]
-    print("+ transformers-flex", shlex.join(command[1:]), flush=True)
-    subprocess.run(command, check=True)
-
-
-def subnet_score(metrics: dict, metric: str, width: float, depth: float) -> float:
-    """The dev metric of (width, depth) from a stage's metrics (a single full-size model reports plain keys)."""
-    key = f"eval_w{width}_d{depth}_{metric}"
-    return metrics[key] if key in metrics else metrics[f"eval_{metric}"]
 
 
 def baseline_row(name: str, folder: Path, metric: str, config: FlexBertConfig, full_flops: int) -> dict:
@@ -124,15 +112,14 @@ def main() -> None:
         "--flexible",
         help="A summarize_glue.py JSON of the flexible model (same teacher): its sub-networks side by side.",
     )
-    for name, default in RECIPE.items():
-        parser.add_argument(f"--{name}", default=default, help=f"Every stage's {name} (default {default}).")
+    add_recipe_arguments(parser)
     args = parse_or_show(parser, table, required=("task_name", "output_dir", "output"), pass_through=True)
     if args is None:
         return
     run_dir = Path(args.output_dir)
     shared = ["--task_name", args.task_name, "--seed", str(args.seed), "--use_cpu", *args.passed_on]
-    shared += [item for name in RECIPE for item in (f"--{name}", getattr(args, name))]
-    train(["--stages", "teacher", "rewire", "--output_dir", str(run_dir), *shared])
+    shared += recipe_options(args)
+    train_flex(["--stages", "teacher", "rewire", "--output_dir", str(run_dir), *shared])
     starts = {"backbone": default_backbone_path(), "teacher": run_dir / "teacher", "rewire": run_dir / "rewire"}
     for name in args.baselines:
         stage, start, depth_rule, (width, depth) = BASELINES[name]
@@ -140,7 +127,7 @@ def main() -> None:
         if (folder / "stage_results.json").exists():
             continue  # finished earlier
         teacher = ["--teacher_name_or_path", str(starts[start])] if stage != "final" else []
-        train(
+        train_flex(
             ["--flex_stage", stage, "--model_name_or_path", str(starts[start]), *teacher, "--depth_rule", depth_rule]
             + ["--train_subnets", f"{width},{depth}", "--output_dir", str(folder), *shared]
         )
@@ -149,7 +136,7 @@ def main() -> None:
     config = FlexBertConfig.from_pretrained(run_dir / "teacher")
     full_flops = subnet_flops(config)
     rows = [baseline_row(name, run_dir / "baselines" / name, metric, config, full_flops) for name in args.baselines]
-    recipe = {name: getattr(args, name) for name in RECIPE}
+    recipe = {name: getattr(args, name) for name in TRAINING_RECIPE}
     report = run_record(task=args.task_name, seed=args.seed, metric=metric, recipe=recipe)
     report |= {"passed_on": args.passed_on, "teacher": teacher_metrics[f"eval_{metric}"], "rows": rows}
     if args.flexible:

@@ -1,0 +1,174 @@
+"""Training avenues for the flexible model, each measured against the current recipe in one protocol: same teacher,
+same rewiring, same width stage, same data and seed; each avenue changes one thing after the width stage.
+
+A pipeline run of `teacher rewire width` (with grafting: the recipe of the GLUE tables in docs/RESULTS.md) is the
+shared start; then every avenue is one or two single stages of `transformers-flex train`:
+
+- `sandwich`: the current recipe's width_depth stage: largest + smallest + 2 random of the 12 sub-networks a step,
+  every-other depth rule, every sub-network taught by the width model at full width.
+- `all12`: every one of the 12 sub-networks a step.
+- `same_width_teacher`: every sub-network taught by the width model at the student's own width.
+- `prefix`: the prefix depth rule (Flexible BERT: a shallower sub-network is the first layers of the deeper ones).
+- `longer`: twice the epochs.
+- `sandwich_final`: then the `final` stage (cross-entropy to gold labels, sandwich sampling) after `sandwich`.
+
+Every run is resumable (a finished stage is read back, an interrupted one resumes from its checkpoint). Options this
+script does not know (`--max_train_samples 64`, ...) go to every `transformers-flex train` call. With `--baselines`
+(a fixed_size_baselines.py JSON of the same teacher) the table shows the best fixed-size model of each size too.
+
+    python benchmarks/recipe_avenues.py --task_name mrpc --output_dir runs/avenues/mrpc_seed42 --seed 42 \\
+        --max_seq_length 128 --baselines benchmarks/results/baselines_mrpc_seed42.json \\
+        --output benchmarks/results/avenues_mrpc_seed42.json
+    python benchmarks/recipe_avenues.py --show benchmarks/results/avenues_mrpc_seed42.json
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from common import (
+    TRAINING_RECIPE,
+    add_recipe_arguments,
+    parse_or_show,
+    recipe_options,
+    run_record,
+    subnet_score,
+    train_flex,
+    write_report,
+)
+
+from transformers_flex import FlexBertConfig
+from transformers_flex.flops import subnet_flops
+from transformers_flex.hub import metric_names
+from transformers_flex.trainer import stage_subnets
+
+SANDWICH = ["--subnet_sampling", "sandwich", "--num_random_subnets", "2"]
+# name -> (stage, starts from: "width" (the shared width stage) or an earlier avenue, options of that stage)
+AVENUES = {
+    "sandwich": ("width_depth", "width", SANDWICH),
+    "all12": ("width_depth", "width", ["--subnet_sampling", "all"]),
+    "same_width_teacher": ("width_depth", "width", [*SANDWICH, "--teacher_width", "same"]),
+    "prefix": ("width_depth", "width", [*SANDWICH, "--depth_rule", "prefix"]),
+    "longer": ("width_depth", "width", SANDWICH),  # its epochs are doubled in `avenue_options`
+    "sandwich_final": ("final", "sandwich", SANDWICH),
+}
+REFERENCE = "sandwich"  # the current recipe, which every avenue is compared with
+
+
+def avenue_options(name: str, args: argparse.Namespace) -> list[str]:
+    """The stage options of avenue `name` (they come last, so they override the shared recipe)."""
+    stage, _, options = AVENUES[name]
+    if name == "longer":
+        options = [*options, "--num_train_epochs", str(2 * float(args.num_train_epochs))]
+    return ["--flex_stage", stage, *options]
+
+
+def train_avenue(name: str, run_dir: Path, shared: list[str], args: argparse.Namespace) -> None:
+    """Train avenue `name` (and the avenue it continues, first) unless it finished earlier."""
+    stage, start, _ = AVENUES[name]
+    folder = run_dir / "avenues" / name
+    if (folder / "stage_results.json").exists():
+        return
+    if start in AVENUES:
+        train_avenue(start, run_dir, shared, args)
+    source = run_dir / "width" if start == "width" else run_dir / "avenues" / start
+    # Distillation stages are taught by the shared width model; `final` learns from gold labels only.
+    teacher = ["--teacher_name_or_path", str(run_dir / "width")] if stage != "final" else []
+    train_flex(
+        ["--model_name_or_path", str(source), *teacher, "--output_dir", str(folder), *shared]
+        + avenue_options(name, args)
+    )
+
+
+def avenue_row(name: str, folder: Path, metric: str, subnets: list[tuple[float, float]]) -> dict:
+    stage, start, _ = AVENUES[name]
+    summary = json.loads((folder / "stage_results.json").read_text())
+    scores = {f"w{width}_d{depth}": subnet_score(summary["metrics"], metric, width, depth) for width, depth in subnets}
+    return {
+        "name": name,
+        "stage": stage,
+        "starts_from": start,
+        "scores": scores,
+        "train_runtime": summary["train_runtime"],
+    }
+
+
+def best_baselines(path: str, report: dict) -> dict[str, dict]:
+    """The best fixed-size model of each (width, depth) in a fixed_size_baselines.py JSON of the same teacher."""
+    baselines = json.loads(Path(path).read_text())
+    if baselines["task"] != report["task"] or abs(baselines["teacher"] - report["teacher"]) > 1e-9:
+        raise SystemExit(f"{path} holds baselines of another task or teacher: not comparable.")
+    best = {}
+    for row in baselines["rows"]:
+        key = f"w{row['width']}_d{row['depth']}"
+        if key not in best or row["dev_metric"] > best[key]["dev_metric"]:
+            best[key] = {"name": row["name"], "dev_metric": row["dev_metric"]}
+    return best
+
+
+def table(report: dict) -> str:
+    names = [row["name"] for row in report["avenues"]]
+    lines = [
+        f"{report['task']} dev {report['metric']}, seed {report['seed']}: teacher {100 * report['teacher']:.2f}; "
+        f"every avenue continues the same width stage; {REFERENCE} is the current recipe",
+        f"| sub-network | FLOPs ratio | {' | '.join(names)} | best fixed-size model |",
+        "|---|---|" + "---|" * (len(names) + 1),
+    ]
+    baselines = report.get("baselines", {})
+    for subnet in report["subnets"]:
+        key = subnet["name"]
+        scores = " | ".join(f"{100 * row['scores'][key]:.2f}" for row in report["avenues"])
+        baseline = baselines.get(key)
+        best = f"{100 * baseline['dev_metric']:.2f} ({baseline['name']})" if baseline else ""
+        lines.append(f"| {key} | {subnet['flops_ratio']:.3f} | {scores} | {best} |")
+    means = {row["name"]: sum(row["scores"].values()) / len(row["scores"]) for row in report["avenues"]}
+    lines.append("| mean | | " + " | ".join(f"{100 * means[name]:.2f}" for name in names) + " | |")
+    if REFERENCE in means:
+        gains = " | ".join(f"{100 * (means[name] - means[REFERENCE]):+.2f}" for name in names)
+        lines.append(f"| mean − {REFERENCE} | | {gains} | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task_name", help="GLUE task (the data options of `transformers-flex train` also work).")
+    parser.add_argument("--output_dir", help="Run folder: the shared width run, with avenues/<name>/ inside.")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--avenues", nargs="+", default=list(AVENUES), choices=list(AVENUES))
+    parser.add_argument("--baselines", help="A fixed_size_baselines.py JSON of the same teacher.")
+    parser.add_argument("--output", help="Result JSON.")
+    add_recipe_arguments(parser)
+    args = parse_or_show(parser, table, required=("task_name", "output_dir", "output"), pass_through=True)
+    if args is None:
+        return
+    run_dir = Path(args.output_dir)
+    shared = ["--task_name", args.task_name, "--seed", str(args.seed), "--use_cpu", *args.passed_on]
+    shared += recipe_options(args)
+    train_flex(["--stages", "teacher", "rewire", "width", "--grafting", "true", "--output_dir", str(run_dir), *shared])
+    for name in args.avenues:
+        train_avenue(name, run_dir, shared, args)
+    stages = json.loads((run_dir / "results.json").read_text())["stages"]
+    metric = metric_names(stages["teacher"]["metrics"])[0]  # the task's first metric (GLUE's ranking one)
+    config = FlexBertConfig.from_pretrained(run_dir / "width")
+    subnets = stage_subnets(config, "width_depth")
+    full_flops = subnet_flops(config)
+    recipe = {name: getattr(args, name) for name in TRAINING_RECIPE}
+    report = run_record(task=args.task_name, seed=args.seed, metric=metric, recipe=recipe, passed_on=args.passed_on)
+    report["teacher"] = stages["teacher"]["metrics"][f"eval_{metric}"]
+    report["width_stage"] = {
+        f"w{width}_d1.0": subnet_score(stages["width"]["metrics"], metric, width, 1.0) for width in config.width_mults
+    }
+    report["subnets"] = [
+        {"name": f"w{width}_d{depth}", "width": width, "depth": depth,
+         "flops_ratio": subnet_flops(config, width, depth) / full_flops}
+        for width, depth in subnets
+    ]  # fmt: skip
+    report["avenues"] = [avenue_row(name, run_dir / "avenues" / name, metric, subnets) for name in args.avenues]
+    if args.baselines:
+        report["baselines"] = best_baselines(args.baselines, report)
+    write_report(args.output, report)
+    print(table(report))
+
+
+if __name__ == "__main__":
+    main()
