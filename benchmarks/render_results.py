@@ -6,7 +6,11 @@ A generated block in the Markdown names the script whose `table(report)` prints 
     ...replaced by the script's table...
     <!-- end table -->
 
-and a plot line names the script whose `plot(report, path)` draws it, the JSON and the image (beside the JSON):
+`KEY=VALUE` words after the JSON are passed to the table as string keyword arguments, for a variant of it (one task
+of a JSON that holds several, say): `<!-- table: grafting_ablation grafting_ablation.json task=mrpc -->` prints
+`table(report, task="mrpc")`.
+
+A plot line names the script whose `plot(report, path)` draws it, the JSON and the image (beside the JSON):
 
     <!-- plot: dynamic_tradeoffs dynamic_tradeoffs_mrpc.json dynamic_tradeoffs_mrpc.png -->
 
@@ -26,7 +30,7 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent
 RESULTS = BENCHMARKS / "results"
 DOCUMENT = BENCHMARKS.parent / "docs" / "RESULTS.md"
-TABLE = re.compile(r"(<!-- table: (\S+) (\S+) -->\n)(.*?)(<!-- end table -->)", re.DOTALL)
+TABLE = re.compile(r"(<!-- table: (\S+) (\S+)((?: \S+=\S+)*) -->\n)(.*?)(<!-- end table -->)", re.DOTALL)
 PLOT = re.compile(r"<!-- plot: (\S+) (\S+) (\S+) -->")
 
 
@@ -48,8 +52,9 @@ def rendered_tables(text: str) -> str:
     """`text` with every generated block's table printed again from its JSON."""
 
     def render(match: re.Match) -> str:
-        opening, name, json_name, _, closing = match.groups()
-        return f"{opening}{script(name).table(report(json_name)).rstrip()}\n{closing}"
+        opening, name, json_name, words, _, closing = match.groups()
+        options = dict(word.split("=", 1) for word in words.split())  # the block's KEY=VALUE words
+        return f"{opening}{script(name).table(report(json_name), **options).rstrip()}\n{closing}"
 
     return TABLE.sub(render, text)
 
