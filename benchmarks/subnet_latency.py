@@ -20,6 +20,7 @@ from common import parse_or_show, run_record, write_report
 
 from transformers_flex import FlexBertForSequenceClassification
 from transformers_flex.evaluation import interleaved_medians, subnet_grid
+from transformers_flex.flexbert_layers import kept_layer_indices
 from transformers_flex.flops import subnet_flops
 from transformers_flex.utils import default_backbone_path
 
@@ -98,6 +99,7 @@ def main() -> None:
     medians = timed_medians(model, batch, subnets, args.rounds, args.warmup)
     report = run_record(
         checkpoint=str(checkpoint),
+        num_layers=model.config.num_hidden_layers,
         batch_size=args.batch_size,
         seq_length=args.seq_length,
         rounds=args.rounds,
@@ -110,13 +112,17 @@ def main() -> None:
 
 
 def table(report: dict) -> str:
+    """Per sub-network: its layers, FLOPs ratio, both latency ratios, sliced latency over FLOPs, sliced ms."""
     lines = [
-        "| width | depth | FLOPs ratio | sliced latency ratio | export latency ratio | sliced / FLOPs | sliced ms |",
-        "|---|---|---|---|---|---|---|",
+        "| width | depth | layers | FLOPs ratio | sliced latency ratio | export latency ratio | sliced / FLOPs "
+        "| sliced ms |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    num_layers = report.get("num_layers", 6)  # files made before it was recorded measured all-MiniLM-L6-v2
     for row in report["rows"]:
+        layers = len(kept_layer_indices(num_layers, row["depth"], "prefix"))  # how many, whichever the depth rule
         lines.append(
-            f"| {row['width']} | {row['depth']} | {row['flops_ratio']:.3f} | {row['sliced_ratio']:.3f} | "
+            f"| {row['width']} | {row['depth']} | {layers} | {row['flops_ratio']:.3f} | {row['sliced_ratio']:.3f} | "
             f"{row['export_ratio']:.3f} | {row['sliced_over_flops']:.2f} | {row['sliced_ms']:.1f} |"
         )
     return "\n".join(lines)
