@@ -10,8 +10,8 @@ run_glue_flex.py (epochs, learning rate, ...); the flags this script sets itself
     python benchmarks/grafting_ablation.py --tasks mrpc --seeds 42 43 44 -- --num_train_epochs 3 --learning_rate 5e-5
     python benchmarks/grafting_ablation.py --show benchmarks/results/grafting_ablation.json
 
-Prints a Markdown table (mean ± std over seeds, the paired t-test p-value of the difference) and draws the
-per-seed differences next to the results file (`.png`).
+Prints Markdown tables (each seed's metrics; mean ± std over seeds, the paired t-test p-value of the difference)
+and draws the per-seed differences next to the results file (`.png`).
 """
 
 import argparse
@@ -123,14 +123,29 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
-def table(report: dict) -> str:
+def seed_table(task: str, entry: dict) -> str:
+    """One row per seed: the teacher's dev metric and each arm's at every width (points)."""
+    widths = " / ".join(entry["runs"][0]["graft"])
+    lines = [
+        f"{task}, dev {entry['metric']} per seed:",
+        "",
+        f"| seed | teacher | no grafting (w {widths}) | grafting (w {widths}) |",
+        "|---|---|---|---|",
+    ]
+    for run in entry["runs"]:
+        arms = [" / ".join(f"{100 * value:.1f}" for value in run[arm].values()) for arm in ("no_graft", "graft")]
+        lines.append(f"| {run['seed']} | {100 * run['teacher']:.1f} | {arms[0]} | {arms[1]} |")
+    return "\n".join(lines)
+
+
+def summary_table(tasks: dict) -> str:
     """One row per task and width: each arm's mean ± std, grafting − no grafting per seed then mean ± std, and its
-    paired p-value; then each classification task's majority-class floor."""
+    paired p-value."""
     lines = [
         "| task (metric) | seeds | teacher | width | no grafting | grafting | difference | paired t-test p |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for task, entry in report["tasks"].items():
+    for task, entry in tasks.items():
         summary, runs = entry["summary"], entry["runs"]
         for width in runs[0]["graft"]:
             differences = [run["graft"][width] - run["no_graft"][width] for run in runs]
@@ -145,10 +160,22 @@ def table(report: dict) -> str:
                 p_value_cell(summary[f"p_w{width}"], len(runs)),
             ]
             lines.append("| " + " | ".join(cells) + " |")
-    for task, entry in report["tasks"].items():
-        if entry.get("majority_class") is not None:
-            lines.append(f"\n{task}: always answering the majority class scores {100 * entry['majority_class']:.1f}")
     return "\n".join(lines)
+
+
+def table(report: dict, task: str | None = None) -> str:
+    """Each task's per-seed table, then the summary over seeds of every task, then each classification task's
+    majority-class floor; `task` keeps that task only."""
+    tasks = {name: entry for name, entry in report["tasks"].items() if task in (None, name)}
+    if not tasks:
+        raise SystemExit(f"No task {task!r} in the results (it has {', '.join(report['tasks'])}).")
+    parts = [seed_table(name, entry) for name, entry in tasks.items()] + [summary_table(tasks)]
+    parts += [
+        f"{name}: always answering the majority class scores {100 * entry['majority_class']:.1f}"
+        for name, entry in tasks.items()
+        if entry.get("majority_class") is not None  # regression tasks have no majority class
+    ]
+    return "\n\n".join(parts)
 
 
 def plot_differences(report: dict, path: Path) -> None:

@@ -94,11 +94,11 @@ def summarize(runs: list[dict]) -> dict:
 
 def table(report: dict) -> str:
     """A Markdown table per task: each arm's mean ± std and the difference, per sub-network, in points."""
-    lines = []
+    tables = []
     for task, entry in report["tasks"].items():
         summary, seeds = entry["summary"], len(entry["runs"])
-        lines += [
-            f"\n{task}, dev {entry['metric']}, seeds {', '.join(str(run['seed']) for run in entry['runs'])}",
+        lines = [
+            f"{task}, dev {entry['metric']}, seeds {', '.join(str(run['seed']) for run in entry['runs'])}",
             "| sub-network | sandwich | all 12 | all − sandwich | paired t-test p |",
             "|---|---|---|---|---|",
         ]
@@ -107,7 +107,8 @@ def table(report: dict) -> str:
             difference = points(cells["difference"], seeds, signed=True)
             lines.append(f"| {subnet} | {arms} | {difference} | {p_value_cell(cells['p'], seeds)} |")
         lines.append(f"| mean over sub-networks | | | {points(summary['average_difference'], seeds, signed=True)} | |")
-    return "\n".join(lines)
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def train_seed(task: str, seed: int, width_run: Path, output_dir: Path, recipe: list[str]) -> tuple[str, dict]:
