@@ -144,16 +144,20 @@ def probe_score(row: dict, metric: str) -> float:
 
 
 def table(report: dict) -> str:
-    """Per layer: [CLS] spread and norm, the probe's dev metric, and each ramp checkpoint's at each width (points)."""
+    """Per layer: [CLS] spread and norm, the probe's dev metric, and each ramp checkpoint's (with its ramp type) at
+    each width (points)."""
     metric = report.get("metric", "accuracy")  # files made before report accuracy
     columns = [(name, width) for name, ramp in report["ramps"].items() for width in ramp if width.startswith("width_")]
     header = ["layer", "[CLS] spread", "[CLS] norm", f"probe {metric}"]
-    header += [f"{name} {width.replace('_', ' ')}" for name, width in columns]
+    header += [f"{name} ({report['ramps'][name]['ramp_type']}) {width.replace('_', ' ')}" for name, width in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    last = report["layers"][-1]["layer"]
     for row in report["layers"]:
         layer = str(row["layer"])
         ramps = [report["ramps"][name][width].get(layer) for name, width in columns]
-        cells = [layer, f"{row['cls_spread']:.4f}", f"{row['cls_norm']:.2f}", f"{100 * probe_score(row, metric):.1f}"]
+        # The embeddings' output is layer 0; the ramp columns' last layer is the model's own classifier.
+        label = {0: f"{layer} (embeddings)", last: f"{layer} (final head)"}.get(row["layer"], layer)
+        cells = [label, f"{row['cls_spread']:.4f}", f"{row['cls_norm']:.2f}", f"{100 * probe_score(row, metric):.1f}"]
         cells += ["" if value is None else f"{100 * value:.1f}" for value in ramps]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
