@@ -33,6 +33,12 @@ from transformers_flex.utils import load_tokenizer
 
 RESULTS = Path(__file__).parent / "results" / "squad"
 COMPARED = ("eval_loss", "eval_exact_match", "eval_f1")
+# The report's entries the table shows, with their row labels.
+TABLE_ROWS = {
+    "flexbert_teacher": "FlexBert teacher stage",
+    "plain_trainer": "plain Trainer + BertForQuestionAnswering",
+    "difference": "difference",
+}
 
 
 def first(dataset, count: int | None):
@@ -62,11 +68,11 @@ def plain_model(record: dict, seed: int) -> BertForQuestionAnswering:
 
 def table(report: dict) -> str:
     """The Markdown table of docs/RESULTS.md §7: the teacher stage, the plain Trainer, and their difference."""
-    rows = ["| | eval_loss | EM | F1 |", "|---|---|---|---|"]
-    for name in ("flexbert_teacher", "plain_trainer", "difference"):
+    rows = ["| | eval loss | EM | F1 |", "|---|---|---|---|"]
+    for name, label in TABLE_ROWS.items():
         values = report[name]
         rows.append(
-            f"| {name} | {values['eval_loss']:.6f} | {values['eval_exact_match']:.4f} | {values['eval_f1']:.4f} |"
+            f"| {label} | {values['eval_loss']:.6f} | {values['eval_exact_match']:.2f} | {values['eval_f1']:.2f} |"
         )
     return "\n".join(rows)
 
