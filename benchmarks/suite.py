@@ -13,12 +13,14 @@
 """
 
 import argparse
+import os
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +41,15 @@ TINY_RUNS = {
 SMOKE = {
     "deploy_tradeoffs": "--run {classification_run} --subnets 1.0,1.0 0.5,0.5 --rounds 1 --batch-size 2 "
     "--seq-length 16 --max-eval-samples 8 --output {out}/deploy_tradeoffs.json",
-    "budget_search": "--run {classification_run_copy} --budgets 0.7 --seeds 0 --heldout-samples 8 "
+    "budget_search": "--run {classification_run_copy} --budgets 0.7 --seeds 0 1 --heldout-samples 8 "
     "--max-eval-samples 8 --output {out}/budget_search.json",
     "fixed_size_baselines": "--task_name mrpc --output_dir {out}/baselines --baselines first3_ft width0.5_kd "
     f"--output {{out}}/fixed_size_baselines.json {TINY_TRAINING}",
+    "recipe_avenues": "--task_name mrpc --output_dir {out}/avenues --avenues sandwich_final "
+    f"--output {{out}}/recipe_avenues.json {TINY_TRAINING}",
+    "method_comparison": "--flexible {results}/glue_flex_mrpc_seed42.json --baselines "
+    "{results}/baselines_mrpc_seed42.json --dynamic {results}/dynamic_tradeoffs_mrpc.json --dynabert "
+    "{results}/grafting_ablation.json --output {out}/method_comparison.json",
     "render_results": "--check",
     "dynamic_tradeoffs": "--run {classification_run} --max-eval-samples 8 --geep-train-examples 8 --batch-size 8 "
     "--output {out}/dynamic_tradeoffs.json",
@@ -77,6 +84,16 @@ SMOKE = {
     "gpu_throughput:pack": "--pack --run {classification_run} --into {out}/device_pack --max-eval-samples 16 "
     "--geep-train-examples 16",
     "gpu_throughput": "--packed {out}/device_pack --output {out}/gpu_throughput.json",
+}
+# A smoke command that reads what another one wrote runs after it (in the same worker with --jobs).
+RUNS_AFTER = {
+    "gpu_throughput": "gpu_throughput:pack",
+    "sampling_ablation": "grafting_ablation",
+    # squad_summary reads the four SQuAD results: one chain.
+    "squad_dynamic": "squad_subnets",
+    "squad_throughput": "squad_dynamic",
+    "plain_trainer_squad_baseline": "squad_throughput",
+    "squad_summary": "plain_trainer_squad_baseline",
 }
 # The full CPU protocol: the commands that made the committed results, in the order their inputs need.
 CPU = {
@@ -123,21 +140,51 @@ def command_for(name: str, arguments: str, fields: dict[str, str]) -> list[str]:
     return [sys.executable, str(path.with_suffix(".py")), *argv]
 
 
-def run_all(commands: dict[str, list[str]], timeout: float | None) -> dict[str, tuple[bool, float]]:
-    """Run every command from the repository root; (passed, seconds) of each, printing failures' output."""
+def run_one(name: str, command: list[str], timeout: float | None, env: dict) -> tuple[bool, float, str]:
+    """Run one command from the repository root: (passed, seconds, its output)."""
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+        passed, output = result.returncode == 0, result.stdout + result.stderr
+    except subprocess.TimeoutExpired as expired:
+        passed, output = False, f"timed out after {timeout} s\n{expired.stderr or ''}"
+    return passed, time.perf_counter() - start, output
+
+
+def chains(names: list[str]) -> list[list[str]]:
+    """The commands grouped so that each one runs after the command it reads from (RUNS_AFTER), in order."""
+    grouped, chain_of = [], {}
+    for name in names:
+        chain = chain_of.get(RUNS_AFTER.get(name))
+        if chain is None:  # reads nothing another command writes: a chain of its own
+            chain = []
+            grouped.append(chain)
+        chain.append(name)
+        chain_of[name] = chain
+    return grouped
+
+
+def run_all(commands: dict[str, list[str]], timeout: float | None, jobs: int = 1) -> dict[str, tuple[bool, float]]:
+    """Run every command, `jobs` at a time; (passed, seconds) of each, printing failures' output as they end."""
+    env = dict(os.environ)
+    if jobs > 1:  # the commands share the cores: one thread each, as many as the cores allow
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     outcomes = {}
-    for name, command in commands.items():
-        print(f"--- {name}: {shlex.join(command)}", flush=True)
-        start = time.perf_counter()
-        try:
-            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-            passed, output = result.returncode == 0, result.stdout + result.stderr
-        except subprocess.TimeoutExpired as expired:
-            passed, output = False, f"timed out after {timeout} s\n{expired.stderr or ''}"
-        outcomes[name] = passed, time.perf_counter() - start
-        if not passed:
-            print(output[-4000:], flush=True)
-    return outcomes
+
+    def run_chain(chain: list[str]) -> None:
+        for name in chain:
+            passed, seconds, output = run_one(name, commands[name], timeout, env)
+            outcomes[name] = passed, seconds
+            print(
+                f"--- {'ok  ' if passed else 'FAIL'} {name} ({seconds:.0f} s): {shlex.join(commands[name])}",
+                flush=True,
+            )
+            if not passed:
+                print(output[-4000:], flush=True)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(run_chain, chains(list(commands))))  # list(): re-raise a worker's exception here
+    return {name: outcomes[name] for name in commands}
 
 
 def main() -> None:
@@ -148,6 +195,7 @@ def main() -> None:
     parser.add_argument("--qa-run", help="smoke: a finished tiny extractive-QA run to reuse.")
     parser.add_argument("--out", help="smoke: the scratch folder (default: a temporary one).")
     parser.add_argument("--timeout", type=float, default=None, help="Seconds one command may take.")
+    parser.add_argument("--jobs", type=int, default=1, help="Commands run at once (smoke: 2 on 2 cores halves it).")
     args = parser.parse_args()
     chosen = BUDGETS[args.budget]
     unknown = set(args.only or ()) - set(chosen)
@@ -165,7 +213,7 @@ def main() -> None:
             if "classification_run" in fields:
                 fields["classification_run_copy"] = writable_copy(fields["classification_run"], out / "run_copy")
         commands = {name: command_for(name, arguments, fields) for name, arguments in selected.items()}
-        outcomes = run_all(commands, args.timeout)
+        outcomes = run_all(commands, args.timeout, args.jobs)
     print(f"\n{args.budget} budget:")
     for name, (passed, seconds) in outcomes.items():
         print(f"  {'ok  ' if passed else 'FAIL'} {name} ({seconds:.0f} s)")

@@ -1,10 +1,10 @@
-"""The benchmark scripts of the deploy issue run end to end on the tiny pipeline run (the shared three-class CSV run)
-as a user runs them (`python benchmarks/<script>.py`), write JSON that records the command, commit, machine and
-versions, and print their tables again with `--show`. A script that breaks fails here; the numbers are checked
-for the properties they must have, not for values."""
+"""The smoke budget (`make bench BUDGET=smoke`) runs every benchmark script end to end on tiny runs (the shared
+three-class CSV run for classification) as a user runs them (`python benchmarks/<script>.py`); the JSON they write
+records the command, commit, machine and versions, and `--show` prints their tables again. A script that breaks
+fails here; the numbers of the deploy and GPU scripts are checked for the properties they must have, not for
+values, in the smoke run's own output (each script runs once)."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,16 +27,18 @@ def run_script(name: str, *args) -> str:
     return result.stdout
 
 
-@pytest.fixture
-def run_copy(classification_run, tmp_path) -> Path:
-    """The run's record and final checkpoint in a folder of this test's own (budget search writes to its config)."""
+@pytest.fixture(scope="module")
+def smoke(classification_run, tmp_path_factory) -> Path:
+    """The smoke budget on the shared tiny run, two commands at a time: the folder its results were written to."""
     run_dir, _ = classification_run
-    copy = tmp_path / "run"
-    copy.mkdir()
-    for name in ("results.json", "run_config.json"):
-        shutil.copy(run_dir / name, copy / name)
-    shutil.copytree(run_dir / "gates", copy / "gates", ignore=shutil.ignore_patterns("checkpoint-*"))
-    return copy
+    out = tmp_path_factory.mktemp("smoke")
+    command = [sys.executable, "benchmarks/suite.py", "--budget", "smoke", "--classification-run", str(run_dir)]
+    result = subprocess.run(
+        [*command, "--jobs", "2", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=ENV
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "FAIL" not in result.stdout
+    return out
 
 
 def assert_recorded(report: dict, script: str) -> None:
@@ -44,13 +46,8 @@ def assert_recorded(report: dict, script: str) -> None:
     assert report["versions"]["torch"] and report["versions"]["transformers"] and report["machine"]["cores"]
 
 
-def test_deploy_tradeoffs_measures_every_subnetwork_at_every_precision(run_copy, tmp_path):
-    output = tmp_path / "deploy.json"
-    subnets = ["1.0,1.0", "0.5,0.5"]
-    run_script(
-        "deploy_tradeoffs", "--run", run_copy, "--subnets", *subnets, "--rounds", "1", "--batch-size", "2",
-        "--seq-length", "16", "--max-eval-samples", "8", "--output", output,
-    )  # fmt: skip
+def test_deploy_tradeoffs_measures_every_subnetwork_at_every_precision(smoke):
+    output = smoke / "deploy_tradeoffs.json"  # sub-networks 1.0,1.0 and 0.5,0.5 on 8 dev examples
     report = json.loads(output.read_text())
     assert_recorded(report, "deploy_tradeoffs")
     assert report["dev_examples"] == 8
@@ -67,16 +64,12 @@ def test_deploy_tradeoffs_measures_every_subnetwork_at_every_precision(run_copy,
     assert len(shown) == 2 + len(rows)  # header, rule, one line a row
 
 
-def test_budget_search_stores_points_that_fit_and_scores_them_on_dev(run_copy, tmp_path):
-    output = tmp_path / "budget.json"
-    run_script(
-        "budget_search", "--run", run_copy, "--budgets", "0.7", "--seeds", "0", "1", "--heldout-samples", "8",
-        "--max-eval-samples", "8", "--output", output,
-    )  # fmt: skip
+def test_budget_search_stores_points_that_fit_and_scores_them_on_dev(smoke):
+    output = smoke / "budget_search.json"  # budget 0.7, seeds 0 and 1, on a copy of the run (it writes the config)
     report = json.loads(output.read_text())
     assert_recorded(report, "budget_search")
     assert [(row["budget"], row["seed"]) for row in report["rows"]] == [(0.7, 0), (0.7, 1)]
-    points = FlexBertConfig.from_pretrained(run_copy / "gates").operating_points
+    points = FlexBertConfig.from_pretrained(smoke / "run_copy" / "gates").operating_points
     for row in report["rows"]:
         for label in ("searched", "uniform"):
             assert row[label]["cost"] <= 0.7 and 0.0 <= row[label]["dev_score"] <= 1.0
@@ -85,13 +78,10 @@ def test_budget_search_stores_points_that_fit_and_scores_them_on_dev(run_copy, t
     assert len(shown) == 2 + 2 * len(report["rows"])
 
 
-def test_gpu_script_runs_from_a_pack_without_datasets(classification_run, tmp_path):
+def test_gpu_script_runs_from_a_pack_without_datasets(smoke, tmp_path):
     """The GPU image has no `datasets`: the packed folder is read with pyarrow alone, and without CUDA the script runs
     its CPU fallback, says so, and measures every variant (each static sub-network's ideal speed-up is its FLOPs')."""
-    run_dir, _ = classification_run
-    pack = tmp_path / "pack"
-    run_script("gpu_throughput", "--pack", "--run", run_dir, "--into", pack, "--max-eval-samples", "8",
-               "--geep-train-examples", "8")  # fmt: skip
+    pack = smoke / "device_pack"  # the smoke budget's pack of the tiny run (16 dev examples)
     assert (pack / "model" / "config.json").is_file() and (pack / "dev.parquet").is_file()
     output = tmp_path / "gpu.json"
     block = "import runpy, sys; sys.modules['datasets'] = None; sys.path.insert(0, 'benchmarks'); "
@@ -101,7 +91,7 @@ def test_gpu_script_runs_from_a_pack_without_datasets(classification_run, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CPU fallback" in result.stdout and "On a GPU this measures" in result.stdout
     report = json.loads(output.read_text())
-    assert report["fallback"] and report["dev_examples"] == 8
+    assert report["fallback"] and report["dev_examples"] == 16
     config = FlexBertConfig.from_pretrained(pack / "model")
     static = {(row["width"], row["depth"]): row for row in report["rows"] if row["variant"] == "static"}
     assert len(static) == len(config.width_mults) * len(config.depth_mults)
@@ -122,10 +112,11 @@ def test_every_benchmark_script_is_in_the_smoke_budget():
     assert scripts - shared_modules == smoked
 
 
-def test_smoke_budget_runs_every_benchmark_script(classification_run, tmp_path):
-    """`make bench BUDGET=smoke`, on the shared tiny run: every script ends well (the suite fails if one breaks)."""
-    run_dir, _ = classification_run
-    command = [sys.executable, "benchmarks/suite.py", "--budget", "smoke", "--classification-run", str(run_dir)]
-    result = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, env=ENV)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert "FAIL" not in result.stdout
+def test_smoke_budget_runs_every_benchmark_script(smoke):
+    """`make bench BUDGET=smoke` ends well (the suite fails if one script breaks) and every script wrote its JSON."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import suite
+
+    outputs = [word for arguments in suite.SMOKE.values() for word in arguments.split() if word.startswith("{out}")]
+    written = {Path(word.format(out=smoke)) for word in outputs if word.endswith(".json")}
+    assert written and all(path.is_file() for path in written), [str(path) for path in written if not path.is_file()]
