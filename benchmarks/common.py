@@ -103,15 +103,27 @@ QUIET_TRAINING = [
 ]
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--num_train_epochs`, `--learning_rate`, `--per_device_train_batch_size`, defaulting to TRAINING_RECIPE."""
+def add_training_arguments(parser: argparse.ArgumentParser, output_dir_help: str) -> None:
+    """The options of a script that trains through `transformers-flex train`: task, run folder, seed, result JSON and
+    the recipe (`--num_train_epochs`, `--learning_rate`, `--per_device_train_batch_size`, default TRAINING_RECIPE)."""
+    parser.add_argument("--task_name", help="GLUE task (the data options of `transformers-flex train` also work).")
+    parser.add_argument("--output_dir", help=output_dir_help)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--output", help="Result JSON.")
     for name, default in TRAINING_RECIPE.items():
         parser.add_argument(f"--{name}", default=default, help=f"Every stage's {name} (default {default}).")
 
 
-def recipe_options(args: argparse.Namespace) -> list[str]:
-    """The recipe options parsed by `add_recipe_arguments`, as `transformers-flex train` arguments."""
-    return [item for name in TRAINING_RECIPE for item in (f"--{name}", getattr(args, name))]
+def training_recipe(args: argparse.Namespace) -> dict[str, str]:
+    """The recipe parsed by `add_training_arguments`."""
+    return {name: getattr(args, name) for name in TRAINING_RECIPE}
+
+
+def shared_training_options(args: argparse.Namespace) -> list[str]:
+    """What every `transformers-flex train` call of the script shares: task, seed, CPU, the options the script passes
+    on (`parse_or_show(..., pass_through=True)`) and the recipe."""
+    shared = ["--task_name", args.task_name, "--seed", str(args.seed), "--use_cpu", *args.passed_on]
+    return shared + [item for name, value in training_recipe(args).items() for item in (f"--{name}", value)]
 
 
 def train_flex(arguments: list[str]) -> None:

@@ -25,13 +25,13 @@ import json
 from pathlib import Path
 
 from common import (
-    TRAINING_RECIPE,
-    add_recipe_arguments,
+    add_training_arguments,
     parse_or_show,
-    recipe_options,
     run_record,
+    shared_training_options,
     subnet_score,
     train_flex,
+    training_recipe,
     write_report,
 )
 
@@ -103,22 +103,17 @@ def table(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task_name", help="GLUE task (the data options of `transformers-flex train` also work).")
-    parser.add_argument("--output_dir", help="Run folder: the teacher run, with baselines/<name>/ inside.")
-    parser.add_argument("--seed", type=int, default=42)
+    add_training_arguments(parser, output_dir_help="Run folder: the teacher run, with baselines/<name>/ inside.")
     parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=list(BASELINES))
-    parser.add_argument("--output", help="Result JSON.")
     parser.add_argument(
         "--flexible",
         help="A summarize_glue.py JSON of the flexible model (same teacher): its sub-networks side by side.",
     )
-    add_recipe_arguments(parser)
     args = parse_or_show(parser, table, required=("task_name", "output_dir", "output"), pass_through=True)
     if args is None:
         return
     run_dir = Path(args.output_dir)
-    shared = ["--task_name", args.task_name, "--seed", str(args.seed), "--use_cpu", *args.passed_on]
-    shared += recipe_options(args)
+    shared = shared_training_options(args)
     train_flex(["--stages", "teacher", "rewire", "--output_dir", str(run_dir), *shared])
     starts = {"backbone": default_backbone_path(), "teacher": run_dir / "teacher", "rewire": run_dir / "rewire"}
     for name in args.baselines:
@@ -136,7 +131,7 @@ def main() -> None:
     config = FlexBertConfig.from_pretrained(run_dir / "teacher")
     full_flops = subnet_flops(config)
     rows = [baseline_row(name, run_dir / "baselines" / name, metric, config, full_flops) for name in args.baselines]
-    recipe = {name: getattr(args, name) for name in TRAINING_RECIPE}
+    recipe = training_recipe(args)
     report = run_record(task=args.task_name, seed=args.seed, metric=metric, recipe=recipe)
     report |= {"passed_on": args.passed_on, "teacher": teacher_metrics[f"eval_{metric}"], "rows": rows}
     if args.flexible:

@@ -27,13 +27,13 @@ import json
 from pathlib import Path
 
 from common import (
-    TRAINING_RECIPE,
-    add_recipe_arguments,
+    add_training_arguments,
     parse_or_show,
-    recipe_options,
     run_record,
+    shared_training_options,
     subnet_score,
     train_flex,
+    training_recipe,
     write_report,
 )
 
@@ -63,14 +63,24 @@ def avenue_options(name: str, args: argparse.Namespace) -> list[str]:
     return ["--flex_stage", stage, *options]
 
 
+def with_earlier_avenues(names: list[str]) -> list[str]:
+    """`names` with the avenues they continue (each before the first one continuing it), without repeats."""
+    ordered = []
+    for name in names:
+        start = AVENUES[name][1]
+        if start in AVENUES:
+            ordered += [earlier for earlier in with_earlier_avenues([start]) if earlier not in ordered]
+        if name not in ordered:
+            ordered.append(name)
+    return ordered
+
+
 def train_avenue(name: str, run_dir: Path, shared: list[str], args: argparse.Namespace) -> None:
-    """Train avenue `name` (and the avenue it continues, first) unless it finished earlier."""
+    """Train avenue `name` unless it finished earlier (the avenue it continues must have finished)."""
     stage, start, _ = AVENUES[name]
     folder = run_dir / "avenues" / name
     if (folder / "stage_results.json").exists():
         return
-    if start in AVENUES:
-        train_avenue(start, run_dir, shared, args)
     source = run_dir / "width" if start == "width" else run_dir / "avenues" / start
     # Distillation stages are taught by the shared width model; `final` learns from gold labels only.
     teacher = ["--teacher_name_or_path", str(run_dir / "width")] if stage != "final" else []
@@ -131,28 +141,24 @@ def table(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task_name", help="GLUE task (the data options of `transformers-flex train` also work).")
-    parser.add_argument("--output_dir", help="Run folder: the shared width run, with avenues/<name>/ inside.")
-    parser.add_argument("--seed", type=int, default=42)
+    add_training_arguments(parser, output_dir_help="Run folder: the shared width run, with avenues/<name>/ inside.")
     parser.add_argument("--avenues", nargs="+", default=list(AVENUES), choices=list(AVENUES))
     parser.add_argument("--baselines", help="A fixed_size_baselines.py JSON of the same teacher.")
-    parser.add_argument("--output", help="Result JSON.")
-    add_recipe_arguments(parser)
     args = parse_or_show(parser, table, required=("task_name", "output_dir", "output"), pass_through=True)
     if args is None:
         return
     run_dir = Path(args.output_dir)
-    shared = ["--task_name", args.task_name, "--seed", str(args.seed), "--use_cpu", *args.passed_on]
-    shared += recipe_options(args)
+    shared = shared_training_options(args)
     train_flex(["--stages", "teacher", "rewire", "width", "--grafting", "true", "--output_dir", str(run_dir), *shared])
-    for name in args.avenues:
+    avenues = with_earlier_avenues(args.avenues)
+    for name in avenues:
         train_avenue(name, run_dir, shared, args)
     stages = json.loads((run_dir / "results.json").read_text())["stages"]
     metric = metric_names(stages["teacher"]["metrics"])[0]  # the task's first metric (GLUE's ranking one)
     config = FlexBertConfig.from_pretrained(run_dir / "width")
     subnets = stage_subnets(config, "width_depth")
     full_flops = subnet_flops(config)
-    recipe = {name: getattr(args, name) for name in TRAINING_RECIPE}
+    recipe = training_recipe(args)
     report = run_record(task=args.task_name, seed=args.seed, metric=metric, recipe=recipe, passed_on=args.passed_on)
     report["teacher"] = stages["teacher"]["metrics"][f"eval_{metric}"]
     report["width_stage"] = {
@@ -163,7 +169,7 @@ def main() -> None:
          "flops_ratio": subnet_flops(config, width, depth) / full_flops}
         for width, depth in subnets
     ]  # fmt: skip
-    report["avenues"] = [avenue_row(name, run_dir / "avenues" / name, metric, subnets) for name in args.avenues]
+    report["avenues"] = [avenue_row(name, run_dir / "avenues" / name, metric, subnets) for name in avenues]
     if args.baselines:
         report["baselines"] = best_baselines(args.baselines, report)
     write_report(args.output, report)
