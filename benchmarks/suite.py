@@ -99,6 +99,22 @@ RUNS_AFTER = {
 CPU = {
     "fixed_size_baselines": "--task_name mrpc --output_dir runs/bench/mrpc_seed42 --seed 42 --max_seq_length 128 "
     f"--output {RESULTS}/baselines_mrpc_seed42.json",
+    "recipe_avenues": "--task_name mrpc --output_dir runs/avenues/mrpc_seed42 --seed 42 --max_seq_length 128 "
+    f"--baselines {RESULTS}/baselines_mrpc_seed42.json --output {RESULTS}/avenues_mrpc_seed42.json",
+    "dynamic_summary": " ".join(f"{RESULTS}/dynamic_tradeoffs_{task}.json" for task in ("sst2", "mrpc", "rte", "stsb"))
+    + f" --output {RESULTS}/dynamic_summary.json",
+    # Every method per task, from the JSON above (no training).
+    "method_comparison:mrpc": f"--flexible {RESULTS}/glue_flex_mrpc_seed42.json --baselines "
+    f"{RESULTS}/baselines_mrpc_seed42.json --dynamic {RESULTS}/dynamic_tradeoffs_mrpc.json --dynabert "
+    f"{RESULTS}/grafting_ablation.json --output {RESULTS}/method_comparison_mrpc.json",
+    "method_comparison:rte": f"--flexible {RESULTS}/glue_flex_rte_seed42.json --dynamic "
+    f"{RESULTS}/dynamic_tradeoffs_rte.json --dynabert {RESULTS}/grafting_ablation.json "
+    f"--output {RESULTS}/method_comparison_rte.json",
+    "method_comparison:sst2": f"--flexible {RESULTS}/glue_flex_sst2_seed42.json --dynamic "
+    f"{RESULTS}/dynamic_tradeoffs_sst2.json --output {RESULTS}/method_comparison_sst2.json",
+    "method_comparison:stsb": f"--flexible {RESULTS}/glue_flex_stsb_seed42.json --dynamic "
+    f"{RESULTS}/dynamic_tradeoffs_stsb.json --teacher-tolerance 1e-8 --output {RESULTS}/method_comparison_stsb.json",
+    "render_results": "",  # docs/RESULTS.md's tables and plots from the JSON
 }
 # Here: the script's CPU fallback on the tiny run. On a lent GPU, pack a real run here and measure there
 # (docs/guide.md, "Benchmarks on a GPU").
