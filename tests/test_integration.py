@@ -188,7 +188,8 @@ def test_bert_export_loads_without_the_package(bert_checkpoint, tokenizer, tmp_p
 
 
 def test_demo_runs_end_to_end(data_dir, tmp_path):
-    """`transformers-flex demo` on a small budget: a flexible checkpoint and a row for every sub-network."""
+    """`transformers-flex demo` on a small budget: a flexible checkpoint and a row for every sub-network it trains
+    (every width at depths 1.0 and 0.75 by default)."""
     command = [sys.executable, "-m", "transformers_flex.cli", "demo", "--output-dir", str(tmp_path)]
     command += ["--train-samples", "64", "--importance-samples", "32", "--eval-samples", "64", "--latency-rounds", "1"]
     command += ["--distill-samples", "32"]
@@ -198,14 +199,14 @@ def test_demo_runs_end_to_end(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert {(row["width"], row["depth"]) for row in results["subnets"]} == {
-        (w, d) for w in (1.0, 0.75, 0.5, 0.25) for d in (1.0, 0.75, 0.5)
+        (w, d) for w in (1.0, 0.75, 0.5, 0.25) for d in (1.0, 0.75)
     }
     assert results["rewiring_max_logit_change"] <= 1e-4
     full = next(row for row in results["subnets"] if (row["width"], row["depth"]) == (1.0, 1.0))
     assert full["accuracy_rewired"] == full["accuracy_before_rewiring"]  # rewiring never changes the full model
     assert all(row["accuracy_distilled"] == row["accuracy"] for row in results["subnets"])
     reloaded = FlexBertForSequenceClassification.from_pretrained(tmp_path / "model")
-    assert reloaded.config.model_type == "flexbert"
+    assert reloaded.config.model_type == "flexbert" and reloaded.config.depth_mults == [1.0, 0.75]
 
 
 def test_glue_pipeline_example_runs_and_skips_finished_stages(data_dir, tmp_path):
