@@ -6,6 +6,9 @@ A generated block in the Markdown names the script whose `table(report)` prints 
     ...replaced by the script's table...
     <!-- end table -->
 
+A block may name a function of another module instead, as `module:function` (the demo's table is
+`transformers_flex.cli:demo_table`, since `transformers-flex demo` writes its JSON).
+
 `KEY=VALUE` words after the JSON are passed to the table as string keyword arguments, for a variant of it (one task
 of a JSON that holds several, say): `<!-- table: grafting_ablation grafting_ablation.json task=mrpc -->` prints
 `table(report, task="mrpc")`.
@@ -41,6 +44,12 @@ def script(name: str):
     return importlib.import_module(name)
 
 
+def table_function(name: str):
+    """The function a block names: `script` (that benchmark script's `table`) or `module:function`."""
+    module, _, function = name.partition(":")
+    return getattr(script(module), function or "table")
+
+
 def report(json_name: str) -> dict:
     path = RESULTS / json_name
     if not path.is_file():
@@ -54,7 +63,7 @@ def rendered_tables(text: str) -> str:
     def render(match: re.Match) -> str:
         opening, name, json_name, words, _, closing = match.groups()
         options = dict(word.split("=", 1) for word in words.split())  # the block's KEY=VALUE words
-        return f"{opening}{script(name).table(report(json_name), **options).rstrip()}\n{closing}"
+        return f"{opening}{table_function(name)(report(json_name), **options).rstrip()}\n{closing}"
 
     return TABLE.sub(render, text)
 

@@ -160,6 +160,11 @@ def run_demo(args: argparse.Namespace) -> dict:
     return results
 
 
+def demo_table(results: dict) -> str:
+    """The demo's table from its results.json (docs/RESULTS.md renders it from the committed copy)."""
+    return format_subnet_table(results["subnets"])
+
+
 def format_subnet_table(rows: list[dict]) -> str:
     """Markdown table of the demo's sub-networks."""
     full_flops = next(row["mean_flops"] for row in rows if row["width"] == 1.0 and row["depth"] == 1.0)
