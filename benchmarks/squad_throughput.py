@@ -30,14 +30,20 @@ from transformers_flex import FlexBertForQuestionAnswering, subnet_flops
 from transformers_flex.evaluation import MODEL_INPUTS, interleaved_medians, question_batches
 
 DEV_QUESTIONS = 500  # the default: the first 500 dev questions
+THRESHOLDS = [1.0, 2.0]  # the default entropy exit thresholds (also gpu_throughput.py's for QA)
+
+
+def question_groups(example_ids: list[str]) -> list[int]:
+    """The question index of each window, in order of first appearance: the engine's `exit_groups`."""
+    question_of = {example_id: index for index, example_id in enumerate(dict.fromkeys(example_ids))}
+    return [question_of[example_id] for example_id in example_ids]
 
 
 def collated_batches(dev, batch_size: int) -> tuple[list[dict], list[dict]]:
     """Question-preserving batches of windows, and the same windows one question per batch; each batch carries its
     rows' question index as `exit_groups`."""
     columns = {key: dev.features[key] for key in MODEL_INPUTS if key in dev.features.column_names}
-    question_of = {example_id: index for index, example_id in enumerate(dict.fromkeys(dev.features["example_id"]))}
-    groups = [question_of[example_id] for example_id in dev.features["example_id"]]
+    groups = question_groups(dev.features["example_id"])
 
     def collate(rows: list[int]) -> dict:
         batch = dict(dev.collate([{key: values[i] for key, values in columns.items()} for i in rows]))
@@ -51,9 +57,10 @@ def collated_batches(dev, batch_size: int) -> tuple[list[dict], list[dict]]:
 
 
 @torch.inference_mode()
-def run_static(model, batches: list[dict], width: float = 1.0) -> list:
+def run_static(model, batches: list[dict], width: float = 1.0, depth: float = 1.0) -> list:
+    """The static sub-network (width, depth) on every batch (any `exit_groups` left out)."""
     inputs = [{key: value for key, value in batch.items() if key != "exit_groups"} for batch in batches]
-    return [model(**batch_inputs, width=width, dynamic=False) for batch_inputs in inputs]
+    return [model(**batch_inputs, width=width, depth=depth, dynamic=False) for batch_inputs in inputs]
 
 
 @torch.inference_mode()
@@ -113,7 +120,7 @@ def speedup_rows(seconds: dict, ideal: dict, exits: dict) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_qa_run_arguments(parser, max_eval_samples=DEV_QUESTIONS)
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[1.0, 2.0], help="Entropy exit thresholds.")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS, help="Entropy exit thresholds.")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--output", help="Where to write the JSON.")
     args = parse_or_show(parser, table, required=("run", "output"))

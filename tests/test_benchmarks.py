@@ -80,8 +80,9 @@ def test_budget_search_stores_points_that_fit_and_scores_them_on_dev(smoke):
 
 def test_gpu_script_runs_from_a_pack_without_datasets(smoke, tmp_path):
     """The GPU image has no `datasets`: the packed folder is read with pyarrow alone, and without CUDA the script runs
-    its CPU fallback, says so, and measures every variant (each static sub-network's ideal speed-up is its FLOPs')."""
-    pack = smoke / "device_pack"  # the smoke budget's pack of the tiny run (16 dev examples)
+    its CPU fallback, says so, and measures every variant (each static sub-network's ideal speed-up is its FLOPs'),
+    the tiny QA run's too (its sub-networks and engines, under `qa`)."""
+    pack = smoke / "device_pack"  # the smoke budget's pack of the tiny runs (16 dev examples; 4 QA dev questions)
     assert (pack / "model" / "config.json").is_file() and (pack / "dev.parquet").is_file()
     output = tmp_path / "gpu.json"
     block = "import runpy, sys; sys.modules['datasets'] = None; sys.path.insert(0, 'benchmarks'); "
@@ -98,6 +99,14 @@ def test_gpu_script_runs_from_a_pack_without_datasets(smoke, tmp_path):
     assert static[1.0, 1.0]["measured_speedup"] == 1.0 and static[1.0, 1.0]["flops_ideal_speedup"] == 1.0
     assert static[0.5, 1.0]["flops_ideal_speedup"] > 1.5  # half the width: about twice as fast in FLOPs
     assert {row["variant"] for row in report["rows"]} == {"static", "engine", "gated", "geep"}
+    qa, qa_config = report["qa"], FlexBertConfig.from_pretrained(pack / "qa" / "model")
+    assert qa["task"] == "squad" and qa["dev_windows"] == 8  # the fallback's first 8 windows
+    assert {row["head"] for row in qa["rows"]} == {"question_answering"}
+    qa_static = {(row["width"], row["depth"]): row for row in qa["rows"] if row["variant"] == "static"}
+    assert set(qa_static) == {(width, depth) for width in qa_config.width_mults for depth in qa_config.depth_mults}
+    assert qa_static[1.0, 1.0]["measured_speedup"] == 1.0 and qa_static[1.0, 1.0]["flops_ideal_speedup"] == 1.0
+    assert {row["variant"] for row in qa["rows"]} == {"static", "engine", "gated"}  # the tiny QA run has both
+    assert "windows/s" in result.stdout  # the QA table is printed after the classification one
 
 
 def test_every_benchmark_script_is_in_the_smoke_budget():
