@@ -81,8 +81,8 @@ SMOKE = {
     f"-- {TINY_ABLATION}",
     "sampling_ablation": "--tasks mrpc --seeds 42 --width-runs {out}/grafting_runs --output-dir {out}/sampling_runs "
     f"--results {{out}}/sampling.json -- {TINY_ABLATION}",
-    "gpu_throughput:pack": "--pack --run {classification_run} --into {out}/device_pack --max-eval-samples 16 "
-    "--geep-train-examples 16",
+    "gpu_throughput:pack": "--pack --run {classification_run} --qa-run {qa_run} --into {out}/device_pack "
+    "--max-eval-samples 16 --geep-train-examples 16 --qa-max-eval-samples 4",
     "gpu_throughput": "--packed {out}/device_pack --output {out}/gpu_throughput.json",
 }
 # A smoke command that reads what another one wrote runs after it (in the same worker with --jobs).
