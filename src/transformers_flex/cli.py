@@ -160,26 +160,27 @@ def run_demo(args: argparse.Namespace) -> dict:
     return results
 
 
-def demo_table(results: dict, latency: str = "yes") -> str:
-    """The demo's table from its results.json (docs/RESULTS.md renders it from the committed copy); `latency="no"`
-    leaves out the latency columns (of a run timed while other work shared the cores)."""
-    return format_subnet_table(results["subnets"], with_latency=latency == "yes")
+def demo_table(results: dict) -> str:
+    """The demo's table from its results.json (docs/RESULTS.md renders it from the committed copy)."""
+    return format_subnet_table(results["subnets"])
 
 
-def format_subnet_table(rows: list[dict], with_latency: bool = True) -> str:
+def format_subnet_table(rows: list[dict]) -> str:
     """Markdown table of the demo's sub-networks."""
     full_flops = next(row["mean_flops"] for row in rows if row["width"] == 1.0 and row["depth"] == 1.0)
-    header = "| width | depth | dev acc: fine-tuned | rewired | distilled | MFLOPs/example | FLOPs ratio "
-    header += "| paper GFLOPs (len 128) |" + (" latency ms | latency ratio |" if with_latency else "")
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]  # one rule cell per column
+    lines = [
+        "| width | depth | dev acc: fine-tuned | rewired | distilled | MFLOPs/example | FLOPs ratio "
+        "| paper GFLOPs (len 128) | latency ms | latency ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         distilled = "–" if row["accuracy_distilled"] is None else f"{100 * row['accuracy_distilled']:.1f}"
-        line = (
+        lines.append(
             f"| {row['width']} | {row['depth']} | {100 * row['accuracy_before_rewiring']:.1f} | "
             f"{100 * row['accuracy_rewired']:.1f} | {distilled} | {row['mean_flops'] / 1e6:.1f} | "
-            f"{row['mean_flops'] / full_flops:.3f} | {row['paper_flops'] / 1e9:.3f} |"
+            f"{row['mean_flops'] / full_flops:.3f} | {row['paper_flops'] / 1e9:.3f} | {row['latency_ms']:.1f} | "
+            f"{row['latency_ratio']:.3f} |"
         )
-        lines.append(line + (f" {row['latency_ms']:.1f} | {row['latency_ratio']:.3f} |" if with_latency else ""))
     return "\n".join(lines)
 
 
