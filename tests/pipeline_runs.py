@@ -56,6 +56,23 @@ def run_train(*args) -> subprocess.CompletedProcess:
     return subprocess.run(train_command(*args), capture_output=True, text=True, timeout=900, env=ENV)
 
 
+def train_here(*args) -> None:
+    """`transformers-flex train args` in this process (no interpreter start-up and imports, ~7 s a command). A
+    refusal raises SystemExit with its message."""
+    from transformers_flex.cli import main
+
+    main(["train", *map(str, args)])
+
+
+def trained_anything(capfd, caplog) -> bool:
+    """Whether the commands run in this process since the last call logged a Trainer's `train_runtime` (a stage was
+    trained); `capfd` and `caplog` are the test's fixtures."""
+    captured = capfd.readouterr()
+    logged = caplog.text
+    caplog.clear()
+    return "train_runtime" in captured.out + captured.err + logged
+
+
 def csv_arguments(files: dict, output_dir: Path) -> list:
     """The three-class CSV run into `output_dir`; the text column is guessed (`review`, the only string column
     besides the label)."""

@@ -1,5 +1,5 @@
 """ONNX export of static sub-networks (transformers_flex.export.export_onnx, `transformers-flex export --onnx`): for a
-trained model, ONNX Runtime's outputs equal PyTorch's (≤ 1e-4) for every exported sub-network, on padded and unpadded
+trained model, ONNX Runtime's outputs equal PyTorch's (≤ 1e-4) for each exported sub-network, on padded and unpadded
 batches of other sizes than the export's example (dynamic batch and sequence axes, the mask kept), and the graph
 records which sub-network it is."""
 
@@ -24,9 +24,9 @@ ort = pytest.importorskip("onnxruntime")  # the [onnx] extra; `make test` instal
 
 pytestmark = pytest.mark.integration
 TEXTS = ["a gripping , beautifully acted film .", "dull", "it is not a film i would see twice , or once ."]
-# All 12 (width, depth) sub-networks of the run's config, and one per-layer width list.
-SUBNETS = [(width, depth) for depth in (1.0, 0.75, 0.5) for width in (1.0, 0.75, 0.5, 0.25)]
-SUBNETS += [([1.0, 0.25, 0.75, 0.5, 1.0, 0.5], 1.0)]
+# The full model, the smallest sub-network, one in between and one per-layer width list. Each export is ~10 s; that
+# `export_subnet` equals the sliced supernet at every (width, depth) is test_export.py's check, in PyTorch.
+SUBNETS = [(1.0, 1.0), (0.25, 0.5), (0.75, 0.75), ([1.0, 0.25, 0.75, 0.5, 1.0, 0.5], 1.0)]
 
 
 def batches(tokenizer) -> list[dict[str, np.ndarray]]:

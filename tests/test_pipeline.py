@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline_runs import DEPTHS, LABEL_NAMES, TINY_BUDGET, WIDTHS, csv_arguments, run_train
+from pipeline_runs import (
+    DEPTHS,
+    LABEL_NAMES,
+    TINY_BUDGET,
+    WIDTHS,
+    csv_arguments,
+    run_train,
+    train_here,
+    trained_anything,
+)
 from safetensors.torch import save_file
 from test_integration import load_in_clean_process
 from transformers import AutoTokenizer
@@ -90,22 +99,23 @@ def test_train_infers_regression_from_a_jsonl_float_label(data_files, tmp_path):
     assert json.loads((tmp_path / "run_config.json").read_text())["task"]["text_columns"] == ["first", "second"]
 
 
-def test_rerun_continues_the_same_run_and_refuses_another(classification_run, data_files):
+def test_rerun_continues_the_same_run_and_refuses_another(classification_run, data_files, capfd, caplog):
     """The same command trains nothing; another seed or other data is refused, naming what differs, before any
-    training and without touching the run."""
+    training and without touching the run. (The reruns run in this process; the run itself came from the command.)"""
     output_dir, args = classification_run
     before = (output_dir / "results.json").read_text()
-    again = run_train(*args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "train_runtime" not in again.stdout + again.stderr  # every stage was found finished
+    train_here(*args)
+    assert not trained_anything(capfd, caplog)  # every stage was found finished
     assert (output_dir / "results.json").read_text() == before
-    other_seed = run_train(*args, "--seed", "43")
-    assert other_seed.returncode != 0 and "training.seed: 42 -> 43" in other_seed.stderr
+    with pytest.raises(SystemExit) as other_seed:
+        train_here(*args, "--seed", "43")
+    assert "training.seed: 42 -> 43" in str(other_seed.value)
     jsonl = {data_files["train.csv"]: data_files["train.jsonl"], data_files["dev.csv"]: data_files["dev.jsonl"]}
     swapped = [jsonl.get(value, value) for value in args]  # the regression files instead
-    other_data = run_train(*swapped, "--label_column_name", "score")
-    assert other_data.returncode != 0 and "data.train_file" in other_data.stderr
-    assert "task.label_column: 'sentiment' -> 'score'" in other_data.stderr
+    with pytest.raises(SystemExit) as other_data:
+        train_here(*swapped, "--label_column_name", "score")
+    assert "data.train_file" in str(other_data.value)
+    assert "task.label_column: 'sentiment' -> 'score'" in str(other_data.value)
     assert (output_dir / "results.json").read_text() == before
 
 
@@ -115,8 +125,7 @@ def test_damaged_results_are_rebuilt_from_the_saved_stage(classification_run):
     original = json.loads(width_results.read_text())["metrics"]
     width_results.write_text('{"stage": "width", "metr')  # cut off mid-write
     (output_dir / "results.json").write_text("not json")
-    rerun = run_train(*args)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    train_here(*args)
     rebuilt = json.loads(width_results.read_text())
     assert rebuilt["rebuilt"] is True and rebuilt["steps"] == 2
     quality = [key for key in original if key.endswith(("_accuracy", "_macro_f1", "_loss"))]
@@ -124,32 +133,31 @@ def test_damaged_results_are_rebuilt_from_the_saved_stage(classification_run):
     assert json.loads((output_dir / "results.json").read_text())["stages"]["width"] == rebuilt
 
 
-def test_cut_off_checkpoint_is_passed_over_and_a_run_can_be_extended(data_files, tmp_path):
+def test_cut_off_checkpoint_is_passed_over_and_a_run_can_be_extended(data_files, tmp_path, capfd, caplog):
     """A teacher stage killed while writing checkpoint-2 (no trainer_state.json, no final model) resumes from
     checkpoint-1; the run then extends with the rewire stage; another seed is refused until --overwrite_output_dir
-    deletes the run and trains from scratch."""
+    deletes the run and trains from scratch. (Every command runs in this process; the kill is the files removed.)"""
     args = [*csv_arguments(data_files, tmp_path), "--label_column_name", "sentiment", *TINY_BUDGET]
-    first = run_train(*args, "--stages", "teacher")
-    assert first.returncode == 0, first.stderr[-3000:]
+    train_here(*args, "--stages", "teacher")
+    assert trained_anything(capfd, caplog)  # what the `skipped` check below must not see
     teacher = tmp_path / "teacher"
     for name in ("stage_results.json", "model.safetensors", "checkpoint-2/trainer_state.json"):
         (teacher / name).unlink()
-    resumed = run_train(*args, "--stages", "teacher")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    train_here(*args, "--stages", "teacher")
     summary = json.loads((teacher / "stage_results.json").read_text())
     assert summary["resumed_from"].endswith("checkpoint-1") and summary["steps_trained"] == 1
     assert (teacher / "incomplete-checkpoint-2").is_dir()  # kept for inspection, never resumed from
-    extended = run_train(*args, "--stages", "teacher", "rewire")
-    assert extended.returncode == 0, extended.stderr[-3000:]
+    train_here(*args, "--stages", "teacher", "rewire")
     assert list(json.loads((tmp_path / "run_config.json").read_text())["stages"]) == ["teacher", "rewire"]
     shutil.rmtree(teacher)  # a stage no unfinished stage needs is skipped, not retrained
-    skipped = run_train(*args, "--stages", "teacher", "rewire")
-    assert skipped.returncode == 0 and "train_runtime" not in skipped.stdout + skipped.stderr
+    trained_anything(capfd, caplog)  # forget the runs above
+    train_here(*args, "--stages", "teacher", "rewire")
+    assert not trained_anything(capfd, caplog)
     assert list(json.loads((tmp_path / "results.json").read_text())["stages"]) == ["rewire"]
-    refused = run_train(*args, "--stages", "teacher", "--seed", "43")
-    assert refused.returncode != 0 and "--overwrite_output_dir" in refused.stderr
-    restarted = run_train(*args, "--stages", "teacher", "--seed", "43", "--overwrite_output_dir")
-    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    with pytest.raises(SystemExit) as refused:
+        train_here(*args, "--stages", "teacher", "--seed", "43")
+    assert "--overwrite_output_dir" in str(refused.value)
+    train_here(*args, "--stages", "teacher", "--seed", "43", "--overwrite_output_dir")
     record = json.loads((tmp_path / "run_config.json").read_text())
     assert record["training"]["seed"] == 43 and list(record["stages"]) == ["teacher"]
     assert not (tmp_path / "rewire").exists() and not (teacher / "incomplete-checkpoint-2").exists()
