@@ -35,8 +35,11 @@ setup-oldest: $(OLDEST)/.installed
 demo: setup
 	$(BIN)/transformers-flex demo
 
+# Two pytest workers (pytest-xdist), one core each: most of the suite is single-threaded work (interpreter start-up,
+# imports, tiny models), so two at once halve it on 2 cores. Each test module stays on one worker (its fixtures once).
+TEST_WORKERS ?= 2
 test: setup setup-oldest
-	$(OFFLINE) FLEX_OLDEST_PYTHON=$(CURDIR)/$(OLDEST)/bin/python $(BIN)/pytest -q
+	$(OFFLINE) FLEX_OLDEST_PYTHON=$(CURDIR)/$(OLDEST)/bin/python $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 # smoke: every benchmark script on tiny runs (minutes); cpu: the full CPU protocol (hours); gpu: the H100/H200 script.
 BUDGET ?= smoke

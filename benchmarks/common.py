@@ -127,10 +127,13 @@ def shared_training_options(args: argparse.Namespace) -> list[str]:
 
 
 def train_flex(arguments: list[str]) -> None:
-    """One `transformers-flex train` call in this Python, quiet and resumable (a failed one stops the script)."""
-    command = [str(Path(sys.executable).parent / "transformers-flex"), "train", *arguments, *QUIET_TRAINING]
-    print("+ transformers-flex", shlex.join(command[1:]), flush=True)
-    subprocess.run(command, check=True)
+    """One `transformers-flex train` call, quiet and resumable, run in this process (no interpreter start-up and
+    imports a call); a refused or failed one stops the script."""
+    from transformers_flex.cli import main as cli_main
+
+    command = ["train", *arguments, *QUIET_TRAINING]
+    print("+ transformers-flex", shlex.join(command), flush=True)
+    cli_main(command)
 
 
 def subnet_score(metrics: dict, metric: str, width: float, depth: float) -> float:
