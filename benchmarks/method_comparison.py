@@ -22,6 +22,7 @@ draws every point against its FLOPs ratio, the dynamic points' Pareto front as a
         --baselines benchmarks/results/baselines_mrpc_seed42.json \\
         --dynamic benchmarks/results/dynamic_tradeoffs_mrpc.json \\
         --dynabert benchmarks/results/grafting_ablation.json \\
+        --avenues benchmarks/results/avenues_mrpc_seed42.json \\
         --output benchmarks/results/method_comparison_mrpc.json
     python benchmarks/method_comparison.py --flexible benchmarks/results/glue_flex_stsb_seed42.json \\
         --dynamic benchmarks/results/dynamic_tradeoffs_stsb.json --teacher-tolerance 1e-8 \\

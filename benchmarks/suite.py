@@ -49,7 +49,8 @@ SMOKE = {
     f"--output {{out}}/recipe_avenues.json {TINY_TRAINING}",
     "method_comparison": "--flexible {results}/glue_flex_mrpc_seed42.json --baselines "
     "{results}/baselines_mrpc_seed42.json --dynamic {results}/dynamic_tradeoffs_mrpc.json --dynabert "
-    "{results}/grafting_ablation.json --output {out}/method_comparison.json",
+    "{results}/grafting_ablation.json --avenues {results}/avenues_mrpc_seed42.json "
+    "--output {out}/method_comparison.json",
     "render_results": "--check",
     "dynamic_tradeoffs": "--run {classification_run} --max-eval-samples 8 --geep-train-examples 8 --batch-size 8 "
     "--output {out}/dynamic_tradeoffs.json",
@@ -106,7 +107,8 @@ CPU = {
     # Every method per task, from the JSON above (no training).
     "method_comparison:mrpc": f"--flexible {RESULTS}/glue_flex_mrpc_seed42.json --baselines "
     f"{RESULTS}/baselines_mrpc_seed42.json --dynamic {RESULTS}/dynamic_tradeoffs_mrpc.json --dynabert "
-    f"{RESULTS}/grafting_ablation.json --output {RESULTS}/method_comparison_mrpc.json",
+    f"{RESULTS}/grafting_ablation.json --avenues {RESULTS}/avenues_mrpc_seed42.json "
+    f"--output {RESULTS}/method_comparison_mrpc.json",
     "method_comparison:rte": f"--flexible {RESULTS}/glue_flex_rte_seed42.json --dynamic "
     f"{RESULTS}/dynamic_tradeoffs_rte.json --dynabert {RESULTS}/grafting_ablation.json "
     f"--output {RESULTS}/method_comparison_rte.json",
