@@ -35,8 +35,9 @@ setup-oldest: $(OLDEST)/.installed
 demo: setup
 	$(BIN)/transformers-flex demo
 
-# Two pytest workers (pytest-xdist), one core each: most of the suite is single-threaded work (interpreter start-up,
-# imports, tiny models), so two at once halve it on 2 cores. Each test module stays on one worker (its fixtures once).
+# Two pytest workers (pytest-xdist) sharing the cores: much of the suite is single-threaded work (interpreter
+# start-up, imports, tiny models), so one worker alone leaves a core idle. Each module stays on one worker (its
+# fixtures run once there).
 TEST_WORKERS ?= 2
 test: setup setup-oldest
 	$(OFFLINE) FLEX_OLDEST_PYTHON=$(CURDIR)/$(OLDEST)/bin/python $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope

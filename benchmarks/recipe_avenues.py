@@ -121,21 +121,23 @@ def table(report: dict) -> str:
     lines = [
         f"{report['task']} dev {report['metric']}, seed {report['seed']}: teacher {100 * report['teacher']:.2f}; "
         f"every avenue continues the same width stage; {REFERENCE} is the current recipe",
-        f"| sub-network | FLOPs ratio | {' | '.join(names)} | best fixed-size model |",
-        "|---|---|" + "---|" * (len(names) + 1),
+        f"| sub-network | FLOPs ratio | width stage (start) | {' | '.join(names)} | best fixed-size model |",
+        "|---|---|---|" + "---|" * (len(names) + 1),
     ]
     baselines = report.get("baselines", {})
     for subnet in report["subnets"]:
         key = subnet["name"]
+        start = report["width_stage"].get(key)  # the shared start has full-depth sub-networks only
+        start = "" if start is None else f"{100 * start:.2f}"
         scores = " | ".join(f"{100 * row['scores'][key]:.2f}" for row in report["avenues"])
         baseline = baselines.get(key)
         best = f"{100 * baseline['dev_metric']:.2f} ({baseline['name']})" if baseline else ""
-        lines.append(f"| {key} | {subnet['flops_ratio']:.3f} | {scores} | {best} |")
+        lines.append(f"| {key} | {subnet['flops_ratio']:.3f} | {start} | {scores} | {best} |")
     means = {row["name"]: sum(row["scores"].values()) / len(row["scores"]) for row in report["avenues"]}
-    lines.append("| mean | | " + " | ".join(f"{100 * means[name]:.2f}" for name in names) + " | |")
+    lines.append("| mean | | | " + " | ".join(f"{100 * means[name]:.2f}" for name in names) + " | |")
     if REFERENCE in means:
         gains = " | ".join(f"{100 * (means[name] - means[REFERENCE]):+.2f}" for name in names)
-        lines.append(f"| mean − {REFERENCE} | | {gains} | |")
+        lines.append(f"| mean − {REFERENCE} | | | {gains} | |")
     return "\n".join(lines)
 
 
