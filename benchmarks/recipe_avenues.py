@@ -11,6 +11,9 @@ shared start; then every avenue is one or two single stages of `transformers-fle
 - `prefix`: the prefix depth rule (Flexible BERT: a shallower sub-network is the first layers of the deeper ones).
 - `longer`: twice the epochs.
 - `sandwich_final`: then the `final` stage (cross-entropy to gold labels, sandwich sampling) after `sandwich`.
+- `prefix_ramps`: Flexible BERT's recipe: after `prefix`, off-ramps after the last layer of each shallower depth
+  (layers 3 and 5 of 6), trained at every width with the rest frozen (`--ramp_training two_stage --ramp_widths all`);
+  a depth sub-network is then answered by its own ramp instead of the shared classifier.
 
 Every run is resumable (a finished stage is read back, an interrupted one resumes from its checkpoint). Options this
 script does not know (`--max_train_samples 64`, ...) go to every `transformers-flex train` call. With `--baselines`
@@ -30,17 +33,21 @@ from common import (
     add_training_arguments,
     parse_or_show,
     run_record,
+    run_splits,
     shared_training_options,
     subnet_score,
     train_flex,
     training_recipe,
     write_report,
 )
+from ramp_report import BATCH_SIZE, ramp_outputs
 
-from transformers_flex import FlexBertConfig
+from transformers_flex import FlexBertConfig, FlexBertForSequenceClassification
+from transformers_flex.flexbert_layers import kept_layer_indices
 from transformers_flex.flops import subnet_flops
 from transformers_flex.hub import metric_names
 from transformers_flex.trainer import stage_subnets
+from transformers_flex.utils import load_tokenizer
 
 SANDWICH = ["--subnet_sampling", "sandwich", "--num_random_subnets", "2"]
 # name -> (stage, starts from: "width" (the shared width stage) or an earlier avenue, options of that stage)
@@ -51,16 +58,27 @@ AVENUES = {
     "prefix": ("width_depth", "width", [*SANDWICH, "--depth_rule", "prefix"]),
     "longer": ("width_depth", "width", SANDWICH),  # its epochs are doubled in `avenue_options`
     "sandwich_final": ("final", "sandwich", SANDWICH),
+    "prefix_ramps": ("ramps", "prefix", ["--ramp_training", "two_stage", "--ramp_widths", "all"]),  # + exit layers
 }
+RAMP_SCORES_NAME = "ramp_scores.json"  # a ramps avenue's score of every sub-network, each read from its own head
 REFERENCE = "sandwich"  # the current recipe, which every avenue is compared with
 
 
-def avenue_options(name: str, args: argparse.Namespace) -> list[str]:
+def avenue_options(name: str, args: argparse.Namespace, config: FlexBertConfig) -> list[str]:
     """The stage options of avenue `name` (they come last, so they override the shared recipe)."""
     stage, _, options = AVENUES[name]
     if name == "longer":
         options = [*options, "--num_train_epochs", str(2 * float(args.num_train_epochs))]
+    if stage == "ramps":
+        options = [*options, "--exit_layers", *map(str, sorted(ramp_layers(config).values()))]
     return ["--flex_stage", stage, *options]
+
+
+def ramp_layers(config: FlexBertConfig) -> dict[float, int]:
+    """`{depth: layer}` for every depth below full: the number of layers it keeps, which under the prefix rule is
+    the layer its last one is (a ramp after it answers that depth's sub-network)."""
+    layers = config.num_hidden_layers
+    return {depth: len(kept_layer_indices(layers, depth, "prefix")) for depth in config.depth_mults if depth < 1.0}
 
 
 def with_earlier_avenues(names: list[str]) -> list[str]:
@@ -75,25 +93,52 @@ def with_earlier_avenues(names: list[str]) -> list[str]:
     return ordered
 
 
-def train_avenue(name: str, run_dir: Path, shared: list[str], args: argparse.Namespace) -> None:
-    """Train avenue `name` unless it finished earlier (the avenue it continues must have finished)."""
+def train_avenue(name: str, run_dir: Path, shared: list[str], args: argparse.Namespace, config) -> None:
+    """Train avenue `name` unless it finished earlier (the avenue it continues must have finished); `config`: the
+    width model's."""
     stage, start, _ = AVENUES[name]
     folder = run_dir / "avenues" / name
     if (folder / "stage_results.json").exists():
         return
     source = run_dir / "width" if start == "width" else run_dir / "avenues" / start
-    # Distillation stages are taught by the shared width model; `final` learns from gold labels only.
-    teacher = ["--teacher_name_or_path", str(run_dir / "width")] if stage != "final" else []
+    # Distillation is taught by the shared width model; `final` learns from gold labels, `ramps` from the model itself.
+    teacher = ["--teacher_name_or_path", str(run_dir / "width")] if stage == "width_depth" else []
     train_flex(
         ["--model_name_or_path", str(source), *teacher, "--output_dir", str(folder), *shared]
-        + avenue_options(name, args)
+        + avenue_options(name, args, config)
     )
 
 
-def avenue_row(name: str, folder: Path, metric: str, subnets: list[tuple[float, float]]) -> dict:
+def ramp_scores(folder: Path, run_dir: Path, metric: str) -> dict[str, float]:
+    """Every sub-network of a ramps avenue's model on the run's dev set, each shallower depth answered by the ramp
+    after its last layer and the full depth by the final head; computed once, then read from `ramp_scores.json`."""
+    saved = folder / RAMP_SCORES_NAME
+    if saved.exists():
+        return json.loads(saved.read_text())
+    data = run_splits(run_dir)
+    model = FlexBertForSequenceClassification.from_pretrained(folder, dynamic_inference=False).eval()
+    batches = data.batches("dev", load_tokenizer(folder), BATCH_SIZE)
+    heads = {depth: f"ramp after layer {layer}" for depth, layer in ramp_layers(model.config).items()}
+    scores = {}
+    for width in model.config.width_mults:
+        model.set_subnet(width=width)  # full depth: under the prefix rule a ramp sees what its depth's layers compute
+        outputs, labels = ramp_outputs(model, batches)
+        for depth, head in {**heads, 1.0: "final head"}.items():
+            scores[f"w{width}_d{depth}"] = data.scores(outputs[head], labels)[metric]
+    saved.write_text(json.dumps(scores, indent=2))
+    return scores
+
+
+def avenue_row(name: str, run_dir: Path, metric: str, subnets: list[tuple[float, float]]) -> dict:
     stage, start, _ = AVENUES[name]
+    folder = run_dir / "avenues" / name
     summary = json.loads((folder / "stage_results.json").read_text())
-    scores = {f"w{width}_d{depth}": subnet_score(summary["metrics"], metric, width, depth) for width, depth in subnets}
+    if stage == "ramps":
+        scores = ramp_scores(folder, run_dir, metric)
+    else:
+        scores = {
+            f"w{width}_d{depth}": subnet_score(summary["metrics"], metric, width, depth) for width, depth in subnets
+        }
     return {
         "name": name,
         "stage": stage,
@@ -153,11 +198,11 @@ def main() -> None:
     shared = shared_training_options(args)
     train_flex(["--stages", "teacher", "rewire", "width", "--grafting", "true", "--output_dir", str(run_dir), *shared])
     avenues = with_earlier_avenues(args.avenues)
+    config = FlexBertConfig.from_pretrained(run_dir / "width")
     for name in avenues:
-        train_avenue(name, run_dir, shared, args)
+        train_avenue(name, run_dir, shared, args, config)
     stages = json.loads((run_dir / "results.json").read_text())["stages"]
     metric = metric_names(stages["teacher"]["metrics"])[0]  # the task's first metric (GLUE's ranking one)
-    config = FlexBertConfig.from_pretrained(run_dir / "width")
     subnets = stage_subnets(config, "width_depth")
     full_flops = subnet_flops(config)
     recipe = training_recipe(args)
@@ -171,7 +216,7 @@ def main() -> None:
          "flops_ratio": subnet_flops(config, width, depth) / full_flops}
         for width, depth in subnets
     ]  # fmt: skip
-    report["avenues"] = [avenue_row(name, run_dir / "avenues" / name, metric, subnets) for name in avenues]
+    report["avenues"] = [avenue_row(name, run_dir, metric, subnets) for name in avenues]
     if args.baselines:
         report["baselines"] = best_baselines(args.baselines, report)
     write_report(args.output, report)

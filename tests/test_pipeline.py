@@ -97,6 +97,16 @@ def test_train_infers_regression_from_a_jsonl_float_label(data_files, tmp_path):
     config = json.loads((tmp_path / "width_depth" / "config.json").read_text())
     assert len(config["id2label"]) == 1 and config["problem_type"] == "regression"
     assert json.loads((tmp_path / "run_config.json").read_text())["task"]["text_columns"] == ["first", "second"]
+    # The run extends with the `final` stage (gold labels, every sub-network), which starts from width_depth.
+    extended = ["--stages", *results["stages"], "final"]
+    train_here(*args, "--label_column_name", "score", "--output_dir", tmp_path, *TINY_BUDGET, *extended)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["stages"]) == ["teacher", "rewire", "width", "width_depth", "final"]
+    assert metric_keys(results["stages"]["final"]["metrics"], "spearmanr") == every
+    assert json.loads((tmp_path / "run_config.json").read_text())["stages"]["final"]["starts_from"] == "width_depth"
+    final = FlexBertForSequenceClassification.from_pretrained(tmp_path / "final").state_dict()
+    before = FlexBertForSequenceClassification.from_pretrained(tmp_path / "width_depth").state_dict()
+    assert any(not torch.equal(final[name], before[name]) for name in before)  # trained, not a copy
 
 
 def test_rerun_continues_the_same_run_and_refuses_another(classification_run, data_files, capfd, caplog):

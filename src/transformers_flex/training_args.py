@@ -10,10 +10,10 @@ RAMP_TRAINING = ("two_stage", "weighted", "self_distill", "shared_exit")
 RAMP_WIDTHS = ("full", "all")
 # Ramp training modes that keep everything but the off-ramps frozen.
 FROZEN_BACKBONE_RAMP_TRAINING = ("two_stage", "self_distill")
-# "all" runs a pipeline of stages (teacher -> rewire -> width (+ grafting) -> width_depth -> ramps -> gates), one
-# trainer each: `transformers_flex.training_pipeline` (`transformers-flex train`, examples/run_glue_flex.py).
+# "all" runs a pipeline of stages (teacher -> rewire -> width (+ grafting) -> width_depth -> final -> ramps -> gates),
+# one trainer each: `transformers_flex.training_pipeline` (`transformers-flex train`, examples/run_glue_flex.py).
 PIPELINE_STAGE = "all"
-PIPELINE_STAGES = ("teacher", "rewire", "width", "width_depth", "ramps", "gates")  # in pipeline order
+PIPELINE_STAGES = ("teacher", "rewire", "width", "width_depth", "final", "ramps", "gates")  # in pipeline order
 # The files of a pipeline run directory (read back by transformers_flex.hub).
 RUN_CONFIG_NAME = "run_config.json"
 RESULTS_NAME = "results.json"

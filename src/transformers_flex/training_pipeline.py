@@ -1,11 +1,12 @@
 """The training pipeline of a flexible model, for any task and data: teacher -> rewire -> width -> width_depth ->
-ramps -> gates.
+final -> ramps -> gates.
 
 - `teacher`: plain fine-tuning of the full model (also the baseline).
 - `rewire`: head and neuron importance on held-out *training* examples, then every layer's heads and neurons sorted
   by it (the full model is unchanged; narrower widths keep the most important units).
 - `width`: distillation from the rewired teacher into every width (optionally with layer-wise grafting).
 - `width_depth`: distillation from the width model into every (width, depth) pair.
+- `final`: the task loss on gold labels for every (width, depth) pair (after distillation; on request).
 - `ramps`: early-exit off-ramps after `--exit_layers`, trained as `--ramp_training` says.
 - `gates`: width gates (one per `--gate_block_size` layers), trained with everything else frozen.
 
@@ -196,8 +197,8 @@ class PipelineArguments:
     """Which stages run (with `--flex_stage all`), their own settings, and what to do with an earlier run.
 
     Args:
-        stages: Stages to run, in pipeline order (a subsequence of teacher rewire width width_depth ramps gates;
-            rewire is added before width). Default: teacher rewire width width_depth, plus ramps when
+        stages: Stages to run, in pipeline order (a subsequence of teacher rewire width width_depth final ramps
+            gates; rewire is added before width). Default: teacher rewire width width_depth, plus ramps when
             `--exit_layers` is given and gates when `--gate_block_size` is.
         last_stage: Stop after this stage (a shortcut that cuts the stage list).
         overwrite_output_dir: Delete an earlier run in `--output_dir` and start over (otherwise a rerun continues
@@ -526,8 +527,7 @@ def run_config_differences(old: dict, new: dict) -> list[str]:
 def merged_run_config(old: dict | None, new: dict) -> dict:
     """The record after this run: its settings, with every stage either run has recorded, in pipeline order."""
     stages = (old or {}).get("stages", {}) | new["stages"]
-    order = [*PIPELINE_STAGES, "final"]
-    return new | {"stages": dict(sorted(stages.items(), key=lambda item: order.index(item[0])))}
+    return new | {"stages": dict(sorted(stages.items(), key=lambda item: PIPELINE_STAGES.index(item[0])))}
 
 
 def write_json(path: Path, content: dict) -> None:
