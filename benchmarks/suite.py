@@ -51,6 +51,8 @@ SMOKE = {
     "{results}/baselines_mrpc_seed42.json --dynamic {results}/dynamic_tradeoffs_mrpc.json --dynabert "
     "{results}/grafting_ablation.json --avenues {results}/avenues_mrpc_seed42.json "
     "--output {out}/method_comparison.json",
+    "seed_comparison": "--avenues {results}/avenues_mrpc_seed42.json --baselines {results}/baselines_mrpc_seed42.json "
+    "--output {out}/seed_comparison.json",
     "render_results": "--check",
     "dynamic_tradeoffs": "--run {classification_run} --max-eval-samples 8 --geep-train-examples 8 --batch-size 8 "
     "--output {out}/dynamic_tradeoffs.json",
