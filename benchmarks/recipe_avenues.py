@@ -12,8 +12,8 @@ shared start; then every avenue is one or two single stages of `transformers-fle
 - `longer`: twice the epochs.
 - `sandwich_final`: then the `final` stage (cross-entropy to gold labels, sandwich sampling) after `sandwich`.
 - `prefix_ramps`: Flexible BERT's recipe: after `prefix`, off-ramps after the last layer of each shallower depth
-  (layers 3 and 5 of 6), trained at every width with the rest frozen (`--ramp_training two_stage --ramp_widths all`);
-  a depth sub-network is then answered by its own ramp instead of the shared classifier.
+  (layers 3 and 5 of 6), trained at every width with the rest frozen (docs/RESULTS.md §5's recipe: attention ramps,
+  learning rate 1e-3, one epoch); a depth sub-network is then answered by its own ramp, not the shared classifier.
 
 Every run is resumable (a finished stage is read back, an interrupted one resumes from its checkpoint). Options this
 script does not know (`--max_train_samples 64`, ...) go to every `transformers-flex train` call. With `--baselines`
@@ -50,6 +50,7 @@ from transformers_flex.trainer import stage_subnets
 from transformers_flex.utils import load_tokenizer
 
 SANDWICH = ["--subnet_sampling", "sandwich", "--num_random_subnets", "2"]
+RAMPS = ["--ramp_type", "attention", "--ramp_training", "two_stage", "--ramp_widths", "all"]
 # name -> (stage, starts from: "width" (the shared width stage) or an earlier avenue, options of that stage)
 AVENUES = {
     "sandwich": ("width_depth", "width", SANDWICH),
@@ -58,7 +59,8 @@ AVENUES = {
     "prefix": ("width_depth", "width", [*SANDWICH, "--depth_rule", "prefix"]),
     "longer": ("width_depth", "width", SANDWICH),  # its epochs are doubled in `avenue_options`
     "sandwich_final": ("final", "sandwich", SANDWICH),
-    "prefix_ramps": ("ramps", "prefix", ["--ramp_training", "two_stage", "--ramp_widths", "all"]),  # + exit layers
+    # Section 5's ramp recipe (attention ramps: MiniLM's early [CLS] states carry little); exit layers are added.
+    "prefix_ramps": ("ramps", "prefix", [*RAMPS, "--learning_rate", "1e-3", "--num_train_epochs", "1"]),
 }
 RAMP_SCORES_NAME = "ramp_scores.json"  # a ramps avenue's score of every sub-network, each read from its own head
 REFERENCE = "sandwich"  # the current recipe, which every avenue is compared with
