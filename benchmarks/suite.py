@@ -104,7 +104,7 @@ CPU = {
     f"--output {RESULTS}/baselines_mrpc_seed42.json",
     "recipe_avenues": "--task_name mrpc --output_dir runs/avenues/mrpc_seed42 --seed 42 --max_seq_length 128 "
     f"--baselines {RESULTS}/baselines_mrpc_seed42.json --output {RESULTS}/avenues_mrpc_seed42.json "
-    "--avenues sandwich prefix same_width_teacher sandwich_final",  # all12 and longer: not run yet
+    "--avenues sandwich prefix same_width_teacher sandwich_final longer prefix_ramps",  # all12: §3's ablation
     "dynamic_summary": " ".join(f"{RESULTS}/dynamic_tradeoffs_{task}.json" for task in ("sst2", "mrpc", "rte", "stsb"))
     + f" --output {RESULTS}/dynamic_summary.json",
     # Every method per task, from the JSON above (no training).
