@@ -14,6 +14,9 @@ shared start; then every avenue is one or two single stages of `transformers-fle
 - `prefix_ramps`: Flexible BERT's recipe: after `prefix`, off-ramps after the last layer of each shallower depth
   (layers 3 and 5 of 6), trained at every width with the rest frozen (docs/RESULTS.md §5's recipe: attention ramps,
   learning rate 1e-3, one epoch); a depth sub-network is then answered by its own ramp, not the shared classifier.
+- `prefix_ramps_joint`: after `prefix`, the same ramps as copies of the final head (Flexible BERT), trained with the
+  backbone on the gold labels (PABEE's depth-weighted loss, `--ramp_training weighted`) at every width: the `final`
+  stage's gold labels for all 12 sub-networks, each depth through its own ramp.
 
 Every run is resumable (a finished stage is read back, an interrupted one resumes from its checkpoint). Options this
 script does not know (`--max_train_samples 64`, ...) go to every `transformers-flex train` call. With `--baselines`
@@ -61,6 +64,7 @@ AVENUES = {
     "sandwich_final": ("final", "sandwich", SANDWICH),
     # Section 5's ramp recipe (attention ramps: MiniLM's early [CLS] states carry little); exit layers are added.
     "prefix_ramps": ("ramps", "prefix", [*RAMPS, "--learning_rate", "1e-3", "--num_train_epochs", "1"]),
+    "prefix_ramps_joint": ("ramps", "prefix", ["--ramp_training", "weighted", "--ramp_widths", "all"]),
 }
 RAMP_SCORES_NAME = "ramp_scores.json"  # a ramps avenue's score of every sub-network, each read from its own head
 REFERENCE = "sandwich"  # the current recipe, which every avenue is compared with
