@@ -11,7 +11,8 @@ At each FLOPs budget (1.0, 0.5, 0.25 of the full model) the table shows each met
   depth) sub-networks after the width_depth stage);
 - each training avenue's static sub-networks (`--avenues`, benchmarks/recipe_avenues.py: the best of its 12);
 - the dynamic model (`--dynamic`, benchmarks/dynamic_tradeoffs.py): its widths at full depth (no ramps or gates
-  run), and its best dynamic point (early exit, width gates, both, GEEP), naming the method and setting.
+  run), and its best dynamic point (early exit, width gates, both, GEEP), naming the method and setting;
+- the dynamic model built on the `final` stage (`--dynamic-final`, the same script): its best dynamic point.
 
 Every input must hold the same task, main metric and teacher score (within `--teacher-tolerance`) as the flexible
 model, and the fixed-size baselines and avenues the same seed: a model trained from another teacher is not
@@ -125,10 +126,11 @@ def avenue_methods(path: str, reference: dict, tolerance: float) -> list[dict]:
     return methods
 
 
-def dynamic_methods(path: str, reference: dict, tolerance: float) -> list[dict]:
+def dynamic_methods(path: str, reference: dict, tolerance: float, on_final: bool = False) -> list[dict]:
     """The dynamic model's widths at full depth and its dynamic points (NaN scores left out: a constant prediction
     has no correlation). Its shallower static sub-networks are left out too: the model never trained them (its
-    depth comes from its off-ramps), and some score below chance."""
+    depth comes from its off-ramps), and some score below chance. `on_final`: the model built on the `final`
+    stage, whose static sub-networks are that stage's (the avenues' `sandwich_final`): its dynamic points only."""
     report = read(path)
     found = {"task": report["task"], "metric": report["metric"], "teacher": report["teacher"]["metric"]}
     check_input(path, reference, found, tolerance)
@@ -136,10 +138,13 @@ def dynamic_methods(path: str, reference: dict, tolerance: float) -> list[dict]:
     static = [p for p in points if p["method"] == "static" and p["depth"] == 1.0]
     static = [point(f"w{p['width']} d1.0", p["relative_flops"], p["metric"]) for p in static]
     dynamic = [point(describe(p), p["relative_flops"], p["metric"]) for p in points if p["method"] != "static"]
+    if on_final:
+        label = "dynamic model on the final stage: best dynamic point"
+        return [method("dynamic_final", label, "dynamic model on the final stage", path, dynamic)]
     static_label = "dynamic model, static: best width at full depth (no ramps or gates run)"
     return [
         method("dynamic_static", static_label, "dynamic model, static widths (full depth)", path, static),
-        method("dynamic", "dynamic model: best dynamic point", "dynamic model: every point", path, dynamic),
+        method("dynamic", "dynamic model: best dynamic point", "dynamic model", path, dynamic),
     ]
 
 
@@ -190,10 +195,12 @@ STYLES = {
     "flexible": ("s", "tab:green"),
     "dynamic_static": ("d", "tab:red"),
     "dynamic": (".", "tab:purple"),
+    "dynamic_final": (".", "darkgoldenrod"),
 }
+DYNAMIC_KEYS = ("dynamic", "dynamic_final")  # drawn as every point, faint, and their Pareto front as a line
 AVENUE_STYLES = [
-    *(("^", "tab:brown"), ("v", "tab:pink"), ("<", "tab:olive")),
-    *((">", "tab:cyan"), ("h", "black"), ("*", "tab:gray")),
+    *(("^", "tab:brown"), ("v", "tab:pink"), ("<", "tab:olive"), (">", "tab:cyan")),
+    *(("h", "black"), ("*", "tab:gray"), ("8", "navy"), ("p", "lime")),
 ]  # one per avenue of recipe_avenues.py
 
 
@@ -212,15 +219,15 @@ def plot(report: dict, path: Path) -> None:
         marker, colour = STYLES.get(entry["key"]) or next(avenue_styles)
         points = sorted(entry["points"], key=lambda p: p["flops_ratio"])
         flops, metric = [p["flops_ratio"] for p in points], [100 * p["metric"] for p in points]
-        if entry["key"] == "dynamic":
-            axis.plot(flops, metric, marker, color=colour, alpha=0.35, label=entry["legend"])
+        if entry["key"] in DYNAMIC_KEYS:
+            axis.plot(flops, metric, marker, color=colour, alpha=0.35, label=f"{entry['legend']}: every point")
             front = pareto_front(points)
             axis.plot(
                 [p["flops_ratio"] for p in front],
                 [100 * p["metric"] for p in front],
                 "o-",
                 color=colour,
-                label="dynamic model: Pareto front",
+                label=f"{entry['legend']}: Pareto front",
             )
         else:
             axis.plot(flops, metric, marker, color=colour, markersize=7, alpha=0.8, label=entry["legend"])
@@ -252,6 +259,8 @@ def collect_methods(args: argparse.Namespace, reference: dict, summary: dict) ->
         methods += avenue_methods(args.avenues, reference, tolerance)
     if args.dynamic:
         methods += dynamic_methods(args.dynamic, reference, tolerance)
+    if args.dynamic_final:
+        methods += dynamic_methods(args.dynamic_final, reference, tolerance, on_final=True)
     return methods
 
 
@@ -264,6 +273,9 @@ def main() -> None:
     parser.add_argument("--dynabert", help="grafting_ablation.py JSON: its width stage without grafting.")
     parser.add_argument("--avenues", help="recipe_avenues.py JSON.")
     parser.add_argument("--dynamic", help="dynamic_tradeoffs.py JSON.")
+    parser.add_argument(
+        "--dynamic-final", help="dynamic_tradeoffs.py JSON of the dynamic model trained on the `final` stage."
+    )
     parser.add_argument(
         "--teacher-tolerance",
         type=float,

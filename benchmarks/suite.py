@@ -104,14 +104,17 @@ CPU = {
     f"--output {RESULTS}/baselines_mrpc_seed42.json",
     "recipe_avenues": "--task_name mrpc --output_dir runs/avenues/mrpc_seed42 --seed 42 --max_seq_length 128 "
     f"--baselines {RESULTS}/baselines_mrpc_seed42.json --output {RESULTS}/avenues_mrpc_seed42.json "
-    "--avenues sandwich prefix same_width_teacher sandwich_final longer prefix_ramps",  # all12: §3's ablation
+    "--avenues sandwich prefix same_width_teacher sandwich_final longer prefix_ramps prefix_ramps_joint",  # all12: §3
+    # The dynamic model on the avenues' final stage, trained by docs/RESULTS.md §9's train_dynamic.sh step.
+    "dynamic_tradeoffs:mrpc_final": "--run runs/dynamic_final/mrpc "
+    f"--output {RESULTS}/dynamic_tradeoffs_mrpc_final.json",
     "dynamic_summary": " ".join(f"{RESULTS}/dynamic_tradeoffs_{task}.json" for task in ("sst2", "mrpc", "rte", "stsb"))
     + f" --output {RESULTS}/dynamic_summary.json",
     # Every method per task, from the JSON above (no training).
     "method_comparison:mrpc": f"--flexible {RESULTS}/glue_flex_mrpc_seed42.json --baselines "
     f"{RESULTS}/baselines_mrpc_seed42.json --dynamic {RESULTS}/dynamic_tradeoffs_mrpc.json --dynabert "
     f"{RESULTS}/grafting_ablation.json --avenues {RESULTS}/avenues_mrpc_seed42.json "
-    f"--output {RESULTS}/method_comparison_mrpc.json",
+    f"--dynamic-final {RESULTS}/dynamic_tradeoffs_mrpc_final.json --output {RESULTS}/method_comparison_mrpc.json",
     "method_comparison:rte": f"--flexible {RESULTS}/glue_flex_rte_seed42.json --dynamic "
     f"{RESULTS}/dynamic_tradeoffs_rte.json --dynabert {RESULTS}/grafting_ablation.json "
     f"--output {RESULTS}/method_comparison_rte.json",
