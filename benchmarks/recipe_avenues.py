@@ -32,6 +32,7 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
 from common import (
     add_training_arguments,
     parse_or_show,
@@ -43,9 +44,9 @@ from common import (
     training_recipe,
     write_report,
 )
-from ramp_report import BATCH_SIZE, ramp_outputs
 
 from transformers_flex import FlexBertConfig, FlexBertForSequenceClassification
+from transformers_flex.evaluation import predict
 from transformers_flex.flexbert_layers import kept_layer_indices
 from transformers_flex.flops import subnet_flops
 from transformers_flex.hub import metric_names
@@ -66,6 +67,7 @@ AVENUES = {
     "prefix_ramps": ("ramps", "prefix", [*RAMPS, "--learning_rate", "1e-3", "--num_train_epochs", "1"]),
     "prefix_ramps_joint": ("ramps", "prefix", ["--ramp_training", "weighted", "--ramp_widths", "all"]),
 }
+BATCH_SIZE = 64  # evaluation batches of the ramps avenues' scores
 RAMP_SCORES_NAME = "ramp_scores.json"  # a ramps avenue's score of every sub-network, each read from its own head
 REFERENCE = "sandwich"  # the current recipe, which every avenue is compared with
 
@@ -117,20 +119,20 @@ def train_avenue(name: str, run_dir: Path, shared: list[str], args: argparse.Nam
 
 def ramp_scores(folder: Path, run_dir: Path, metric: str) -> dict[str, float]:
     """Every sub-network of a ramps avenue's model on the run's dev set, each shallower depth answered by the ramp
-    after its last layer and the full depth by the final head; computed once, then read from `ramp_scores.json`."""
+    after its last layer (`depth_heads="ramps"`) and the full depth by the final head; computed once, then read from
+    `ramp_scores.json`."""
     saved = folder / RAMP_SCORES_NAME
     if saved.exists():
         return json.loads(saved.read_text())
     data = run_splits(run_dir)
-    model = FlexBertForSequenceClassification.from_pretrained(folder, dynamic_inference=False).eval()
+    model = FlexBertForSequenceClassification.from_pretrained(folder, depth_heads="ramps", dynamic_inference=False)
     batches = data.batches("dev", load_tokenizer(folder), BATCH_SIZE)
-    heads = {depth: f"ramp after layer {layer}" for depth, layer in ramp_layers(model.config).items()}
     scores = {}
-    for width in model.config.width_mults:
-        model.set_subnet(width=width)  # full depth: under the prefix rule a ramp sees what its depth's layers compute
-        outputs, labels = ramp_outputs(model, batches)
-        for depth, head in {**heads, 1.0: "final head"}.items():
-            scores[f"w{width}_d{depth}"] = data.scores(outputs[head], labels)[metric]
+    with torch.no_grad():
+        for width, depth in stage_subnets(model.config, "width_depth"):
+            with model.eval().subnet(width=width, depth=depth):
+                logits, labels, _ = predict(model, batches)
+            scores[f"w{width}_d{depth}"] = data.scores(logits, labels)[metric]
     saved.write_text(json.dumps(scores, indent=2))
     return scores
 

@@ -15,6 +15,7 @@ FLEXBERT_AUTO_MAP = {
 }
 
 DEPTH_RULES = ("every_other", "prefix")
+DEPTH_HEADS = ("final", "ramps")
 EXIT_CRITERIA = ("entropy", "normalized_entropy", "patience")
 RAMP_TYPES = ("pooler", "attention")
 GATE_POOLINGS = ("mean", "cls")
@@ -23,6 +24,7 @@ FLEX_FIELDS = (
     "width_mults",
     "depth_mults",
     "depth_rule",
+    "depth_heads",
     "exit_layers",
     "ramp_type",
     "ramp_attention_size",
@@ -122,6 +124,10 @@ class FlexBertConfig(PreTrainedConfig):
         depth_rule (`str`, defaults to `"every_other"`):
             Which layers a shallower sub-network keeps: `"every_other"` (DynaBERT: evenly spread layers) or
             `"prefix"` (Flexible BERT: the first layers).
+        depth_heads (`str`, defaults to `"final"`):
+            What answers a shallower sub-network: `"final"` (the final head, after its last layer) or `"ramps"` (the
+            off-ramp after its last layer, Flexible BERT's depth sub-networks; needs the `"prefix"` rule and an
+            off-ramp after the last layer of each shallower depth that runs).
         exit_layers (`list[int]`, *optional*):
             1-based layer indices followed by an early-exit off-ramp.
         ramp_type (`str`, defaults to `"pooler"`):
@@ -190,6 +196,7 @@ class FlexBertConfig(PreTrainedConfig):
     width_mults: list[float | int] | None = None
     depth_mults: list[float | int] | None = None
     depth_rule: str = "every_other"
+    depth_heads: str = "final"
     exit_layers: list[int] | None = None
     ramp_type: str = "pooler"
     ramp_attention_size: int = 128
@@ -298,6 +305,13 @@ class FlexBertConfig(PreTrainedConfig):
         check_multipliers("gate_widths", self.gate_widths)
         if self.depth_rule not in DEPTH_RULES:
             raise ValueError(f"`depth_rule` must be one of {DEPTH_RULES}, got {self.depth_rule!r}.")
+        if self.depth_heads not in DEPTH_HEADS:
+            raise ValueError(f"`depth_heads` must be one of {DEPTH_HEADS}, got {self.depth_heads!r}.")
+        if self.depth_heads == "ramps" and (self.depth_rule != "prefix" or self.knowledgeable_layers is not None):
+            raise ValueError(
+                "`depth_heads='ramps'` needs `depth_rule='prefix'` (a ramp after layer n sees what the first n "
+                "layers compute) and no `knowledgeable_layers` (the final head's layer mix)."
+            )
         if self.ramp_type not in RAMP_TYPES:
             raise ValueError(f"`ramp_type` must be one of {RAMP_TYPES}, got {self.ramp_type!r}.")
         if self.ramp_attention_size % self.ramp_attention_heads != 0:

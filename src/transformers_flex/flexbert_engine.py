@@ -127,6 +127,19 @@ class FlexBertDynamicMixin:
         """1-based layers whose [CLS] state the final answer reads besides the last layer's (none by default)."""
         return ()
 
+    def depth_head(self, layers_run: int) -> str | None:
+        """The off-ramp (its name in `off_ramps`) that answers a sub-network running the first `layers_run` layers:
+        with `config.depth_heads="ramps"`, the one after its last layer; None when the final head answers (the full
+        depth, or `depth_heads="final"`)."""
+        if self.config.depth_heads != "ramps" or layers_run == self.config.num_hidden_layers:
+            return None
+        if str(layers_run) not in self.off_ramps:
+            raise ValueError(
+                f"`depth_heads='ramps'`: a sub-network of {layers_run} layers is answered by the off-ramp after layer "
+                f"{layers_run}, and the model has none (`exit_layers` is {self.config.exit_layers})."
+            )
+        return str(layers_run)
+
     def check_exit_settings(self, criterion: str, use_ramps: bool) -> None:
         """Raise when the head cannot exit under `criterion` (e.g. entropy on a regression output)."""
         if criterion not in EXIT_CRITERIA:

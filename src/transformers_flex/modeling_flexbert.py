@@ -157,6 +157,11 @@ class FlexBertPreTrainedModel(PreTrainedModel):
             return self._encoder.active_subnet
         return self._encoder.make_subnet(1.0 if width is None else width, 1.0 if depth is None else depth)
 
+    def depth_head(self, layers_run: int) -> str | None:
+        """The off-ramp that answers a sub-network of `layers_run` layers: none here (a bare encoder has no head;
+        the task heads answer with their ramps under `config.depth_heads="ramps"`)."""
+        return None
+
     def subnet_shape(self, width: Width = 1.0, depth: float = 1.0) -> list[tuple[int, int, int]]:
         """`(layer index, heads, FFN neurons)` of every layer the given sub-network runs."""
         return subnet_layer_shapes(self.config, width, depth)
@@ -180,6 +185,10 @@ class FlexBertPreTrainedModel(PreTrainedModel):
                 f"This sub-network keeps none of the knowledgeable layers {self.config.knowledgeable_layers}; "
                 "export a deeper one."
             )
+        # With `depth_heads="ramps"` a shallower sub-network's off-ramp becomes the export's final head.
+        depth_ramp = self.depth_head(len(kept))
+        head_sources = {} if depth_ramp is None else self.ramp_as_final_head(depth_ramp)
+        exit_layers = [layer for layer in self.config.exit_layers if layer - 1 in kept and str(layer) != depth_ramp]
         config = copy.deepcopy(self.config)
         # One update, validated once at the end: the fields depend on each other (layer counts and per-layer lists).
         config.update(
@@ -192,7 +201,8 @@ class FlexBertPreTrainedModel(PreTrainedModel):
                 "depth_mults": [1.0],
                 "gate_widths": [1.0],  # gates pick supernet widths: not exported
                 "gate_block_size": 0,
-                "exit_layers": [kept.index(layer - 1) + 1 for layer in config.exit_layers if layer - 1 in kept],
+                "exit_layers": [kept.index(layer - 1) + 1 for layer in exit_layers],
+                "depth_heads": "final",  # the export runs all its layers: its final head answers
                 "knowledgeable_layers": None if not mixed else [kept.index(layer - 1) + 1 for layer in mixed],
                 "operating_points": None,  # the export is one of them
                 "exported_subnet": {"width": width, "depth": depth, "operating_point": budget},
@@ -211,6 +221,7 @@ class FlexBertPreTrainedModel(PreTrainedModel):
                 positions = [self.config.knowledgeable_layers.index(layer) for layer in mixed]
                 compact_state[name] = source[name][positions].clone()
                 continue
+            source_name = head_sources.get(name, source_name)
             # Every sliced tensor keeps a prefix along each dimension (heads and neurons are prefixes).
             compact_state[name] = source[source_name][tuple(slice(0, size) for size in tensor.shape)].clone()
         compact.load_state_dict(compact_state)
@@ -434,12 +445,22 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
     def layer_answer(
         self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, cls_states: dict[int, torch.Tensor], last: bool
     ) -> torch.Tensor:
-        if last:
+        if last and self.depth_head(layer) is None:
             return self.final_logits(hidden, cls_states).float()
         return self.off_ramps[str(layer)](hidden, mask).float()
 
+    def ramp_as_final_head(self, ramp: str) -> dict[str, str]:
+        """`{final head parameter: off-ramp parameter}`: an export whose final head is the off-ramp `ramp`."""
+        if self.config.ramp_type != "pooler":
+            raise ValueError(
+                f"Exporting a sub-network answered by its {self.config.ramp_type} off-ramp is not supported (the "
+                "export's final head is BERT's pooler + classifier): use pooler ramps (`ramp_type='pooler'`)."
+            )
+        parts = ("pooler.dense.weight", "pooler.dense.bias", "classifier.weight", "classifier.bias")
+        return {("bert." if part.startswith("pooler") else "") + part: f"off_ramps.{ramp}.{part}" for part in parts}
+
     def answer_macs(self, layer: int, lengths: torch.Tensor, last: bool) -> torch.Tensor:
-        if last:  # the pooler and classifier (a knowledgeable mix costs a weighted sum: not counted)
+        if last and self.depth_head(layer) is None:  # the pooler and classifier (a layer mix: not counted)
             return torch.full_like(lengths, cls_head_macs(self.config.hidden_size, self.num_labels))
         return self.off_ramps[str(layer)].macs(lengths)
 
@@ -546,7 +567,10 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
             width=subnet.width,
             depth=subnet.depth,
         )
-        if knowledgeable:
+        depth_ramp = self.depth_head(len(self.bert.encoder.kept_layers(subnet)))
+        if depth_ramp is not None:  # the prefix's own off-ramp answers it (`config.depth_heads="ramps"`)
+            logits = self.off_ramps[depth_ramp](outputs.last_hidden_state, attention_mask)
+        elif knowledgeable:
             ran = self.bert.encoder.kept_layers(subnet)
             cls_states = {index + 1: outputs.hidden_states[position + 1][:, 0] for position, index in enumerate(ran)}
             logits = self.final_logits(outputs.last_hidden_state, cls_states)
@@ -663,10 +687,14 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
     def layer_answer(
         self, layer: int, hidden: torch.Tensor, mask: torch.Tensor, cls_states: dict[int, torch.Tensor], last: bool
     ) -> torch.Tensor:
-        head = self.qa_outputs if last else self.off_ramps[str(layer)]
+        head = self.qa_outputs if last and self.depth_head(layer) is None else self.off_ramps[str(layer)]
         logits = head(hidden).float()  # (rows, length, 2): start and end logits
         # Padding is never an answer: its logits are the dtype's minimum, so the exit criterion ignores it.
         return logits.masked_fill(mask[:, :, None] == 0, torch.finfo(logits.dtype).min)
+
+    def ramp_as_final_head(self, ramp: str) -> dict[str, str]:
+        """`{final head parameter: off-ramp parameter}`: an export whose span head is the off-ramp `ramp`."""
+        return {f"qa_outputs.{part}": f"off_ramps.{ramp}.qa_outputs.{part}" for part in ("weight", "bias")}
 
     def answer_macs(self, layer: int, lengths: torch.Tensor, last: bool) -> torch.Tensor:
         return lengths * self.config.hidden_size * self.num_labels  # one linear layer per real token
@@ -761,7 +789,10 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
             width=width,
             depth=depth,
         )
-        logits = self.qa_outputs(outputs.last_hidden_state)
+        depth_ramp = self.depth_head(len(self.bert.encoder.kept_layers(self.resolve_subnet(width, depth))))
+        # A shallower sub-network's own span head answers it with `config.depth_heads="ramps"`, else the final one.
+        head = self.qa_outputs if depth_ramp is None else self.off_ramps[depth_ramp]
+        logits = head(outputs.last_hidden_state)
         start_logits, end_logits = logits.unbind(dim=-1)
         output = QuestionAnsweringModelOutput(
             loss=None if positions is None else self.span_loss(logits.transpose(1, 2), positions),

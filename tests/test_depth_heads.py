@@ -1,0 +1,84 @@
+"""`depth_heads="ramps"`: a shallower prefix sub-network is answered by the off-ramp after its last layer (Flexible
+BERT's depth sub-networks) — in the static forward, in the dynamic engine and in the static export."""
+
+import pytest
+import torch
+
+from transformers_flex import FlexBertConfig, FlexBertForQuestionAnswering, FlexBertForSequenceClassification
+
+
+def ramp_config(tiny_config: FlexBertConfig, ramp_type: str = "pooler") -> FlexBertConfig:
+    """The tiny 4-layer config with the prefix rule and a ramp after the last layer of each shallower depth (0.75
+    keeps 3 layers, 0.5 keeps 2)."""
+    tiny_config.update({"depth_rule": "prefix", "exit_layers": [2, 3], "ramp_type": ramp_type})
+    tiny_config.depth_heads = "ramps"
+    return tiny_config
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"depth_heads": "ramps"}, "needs `depth_rule='prefix'`"),
+        ({"depth_heads": "ramps", "depth_rule": "prefix", "knowledgeable_layers": [2, 4]}, "knowledgeable_layers"),
+        ({"depth_heads": "off_ramps"}, "`depth_heads` must be one of"),
+    ],
+)
+def test_bad_depth_heads_are_refused(tiny_config, fields, message):
+    with pytest.raises(ValueError, match=message):
+        FlexBertConfig(**{**tiny_config.to_dict(), **fields})
+
+
+@pytest.mark.parametrize("ramp_type", ["pooler", "attention"])
+def test_each_depth_is_answered_by_its_own_ramp(tiny_config, tiny_inputs, ramp_type):
+    torch.manual_seed(0)
+    model = FlexBertForSequenceClassification(ramp_config(tiny_config, ramp_type)).eval()
+    with torch.no_grad():
+        full = model(**tiny_inputs, width=0.5, output_hidden_states=True)
+        ramps = model.ramp_logits(full.hidden_states, tiny_inputs["attention_mask"])  # read off the full depth
+        for depth, layer in ((0.75, 3), (0.5, 2)):
+            shallow = model(**tiny_inputs, width=0.5, depth=depth).logits
+            torch.testing.assert_close(shallow, ramps[layer], atol=1e-5, rtol=0)
+        model.config.depth_heads = "final"  # the same weights answered by the final head instead
+        final_head = model(**tiny_inputs, width=0.5, depth=0.5).logits
+    assert not torch.allclose(final_head, ramps[2], atol=1e-3)
+
+
+def test_a_depth_without_its_ramp_is_an_error(tiny_config, tiny_inputs):
+    config = ramp_config(tiny_config)
+    config.exit_layers = [3]
+    model = FlexBertForSequenceClassification(config).eval()
+    with pytest.raises(ValueError, match="off-ramp after layer 2"):
+        model(**tiny_inputs, depth=0.5)
+
+
+@pytest.mark.parametrize("cls", [FlexBertForSequenceClassification, FlexBertForQuestionAnswering])
+def test_engine_and_export_answer_as_the_static_sub_network(tiny_config, tiny_inputs, cls):
+    """No ramp exits (threshold 0): the engine runs the depth-0.5 sub-network and answers with its ramp, as the
+    static forward does; the export of that sub-network computes the same, its final head being the ramp."""
+    tiny_config.num_labels = 2  # the QA head has two outputs (start, end)
+    torch.manual_seed(0)
+    model = cls(ramp_config(tiny_config)).eval()
+
+    def answer(output) -> torch.Tensor:
+        return output.logits if hasattr(output, "logits") else torch.stack([output.start_logits, output.end_logits])
+
+    with torch.no_grad():
+        static = answer(model(**tiny_inputs, width=0.75, depth=0.5))
+        engine = model.dynamic_forward(**tiny_inputs, width=0.75, depth=0.5, criterion="entropy", threshold=0.0)
+        compact = model.export_subnet(width=0.75, depth=0.5)
+        exported = answer(compact(**tiny_inputs))
+    assert engine.exit_layers.tolist() == [2, 2]
+    real = tiny_inputs["attention_mask"].bool()  # the engine's QA logits hold the dtype's minimum on padding
+    if cls is FlexBertForQuestionAnswering:
+        torch.testing.assert_close(answer(engine)[:, real], static[:, real], atol=1e-5, rtol=0)
+    else:
+        torch.testing.assert_close(answer(engine), static, atol=1e-5, rtol=0)
+    torch.testing.assert_close(exported, static, atol=1e-5, rtol=0)
+    assert compact.config.exit_layers == [] and compact.config.num_hidden_layers == 2
+
+
+def test_exporting_a_depth_answered_by_an_attention_ramp_is_refused(tiny_config):
+    model = FlexBertForSequenceClassification(ramp_config(tiny_config, "attention"))
+    with pytest.raises(ValueError, match="use pooler ramps"):
+        model.export_subnet(depth=0.5)
+    assert model.export_subnet(depth=1.0).config.num_hidden_layers == 4  # the full depth has the final head
