@@ -17,6 +17,7 @@ shared start; then every avenue is one or two single stages of `transformers-fle
 - `prefix_ramps_joint`: after `prefix`, the same ramps as copies of the final head (Flexible BERT), trained with the
   backbone on the gold labels (PABEE's depth-weighted loss, `--ramp_training weighted`) at every width: the `final`
   stage's gold labels for all 12 sub-networks, each depth through its own ramp.
+- `prefix_ramps_then_joint`: the same joint training, from `prefix_ramps` (its attention ramps already trained).
 
 Every run is resumable (a finished stage is read back, an interrupted one resumes from its checkpoint). Options this
 script does not know (`--max_train_samples 64`, ...) go to every `transformers-flex train` call. With `--baselines`
@@ -55,6 +56,7 @@ from transformers_flex.utils import load_tokenizer
 
 SANDWICH = ["--subnet_sampling", "sandwich", "--num_random_subnets", "2"]
 RAMPS = ["--ramp_type", "attention", "--ramp_training", "two_stage", "--ramp_widths", "all"]
+JOINT_RAMPS = ["--ramp_training", "weighted", "--ramp_widths", "all"]  # ramps and backbone on gold labels
 # name -> (stage, starts from: "width" (the shared width stage) or an earlier avenue, options of that stage)
 AVENUES = {
     "sandwich": ("width_depth", "width", SANDWICH),
@@ -65,7 +67,8 @@ AVENUES = {
     "sandwich_final": ("final", "sandwich", SANDWICH),
     # Section 5's ramp recipe (attention ramps: MiniLM's early [CLS] states carry little); exit layers are added.
     "prefix_ramps": ("ramps", "prefix", [*RAMPS, "--learning_rate", "1e-3", "--num_train_epochs", "1"]),
-    "prefix_ramps_joint": ("ramps", "prefix", ["--ramp_training", "weighted", "--ramp_widths", "all"]),
+    "prefix_ramps_joint": ("ramps", "prefix", JOINT_RAMPS),
+    "prefix_ramps_then_joint": ("ramps", "prefix_ramps", ["--ramp_type", "attention", *JOINT_RAMPS]),
 }
 BATCH_SIZE = 64  # evaluation batches of the ramps avenues' scores
 RAMP_SCORES_NAME = "ramp_scores.json"  # a ramps avenue's score of every sub-network, each read from its own head
