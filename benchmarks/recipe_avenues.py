@@ -81,15 +81,15 @@ def avenue_options(name: str, args: argparse.Namespace, config: FlexBertConfig) 
     if name == "longer":
         options = [*options, "--num_train_epochs", str(2 * float(args.num_train_epochs))]
     if stage == "ramps":
-        options = [*options, "--exit_layers", *map(str, sorted(ramp_layers(config).values()))]
+        options = [*options, "--exit_layers", *map(str, ramp_layers(config))]
     return ["--flex_stage", stage, *options]
 
 
-def ramp_layers(config: FlexBertConfig) -> dict[float, int]:
-    """`{depth: layer}` for every depth below full: the number of layers it keeps, which under the prefix rule is
-    the layer its last one is (a ramp after it answers that depth's sub-network)."""
-    layers = config.num_hidden_layers
-    return {depth: len(kept_layer_indices(layers, depth, "prefix")) for depth in config.depth_mults if depth < 1.0}
+def ramp_layers(config: FlexBertConfig) -> list[int]:
+    """The layer after which each shallower depth's ramp sits, ascending: the number of layers the depth keeps, which
+    under the prefix rule is its last layer."""
+    depths = [depth for depth in config.depth_mults if depth < 1.0]
+    return sorted(len(kept_layer_indices(config.num_hidden_layers, depth, "prefix")) for depth in depths)
 
 
 def with_earlier_avenues(names: list[str]) -> list[str]:

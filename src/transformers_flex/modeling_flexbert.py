@@ -567,7 +567,7 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
             width=subnet.width,
             depth=subnet.depth,
         )
-        depth_ramp = self.depth_head(len(self.bert.encoder.kept_layers(subnet)))
+        depth_ramp = self.static_depth_head(subnet)
         if depth_ramp is not None:  # the prefix's own off-ramp answers it (`config.depth_heads="ramps"`)
             logits = self.off_ramps[depth_ramp](outputs.last_hidden_state, attention_mask)
         elif knowledgeable:
@@ -789,7 +789,7 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
             width=width,
             depth=depth,
         )
-        depth_ramp = self.depth_head(len(self.bert.encoder.kept_layers(self.resolve_subnet(width, depth))))
+        depth_ramp = self.static_depth_head(self.resolve_subnet(width, depth))
         # A shallower sub-network's own span head answers it with `config.depth_heads="ramps"`, else the final one.
         head = self.qa_outputs if depth_ramp is None else self.off_ramps[depth_ramp]
         logits = head(outputs.last_hidden_state)
