@@ -48,7 +48,7 @@ from common import (
 
 from transformers_flex import FlexBertConfig, FlexBertForSequenceClassification
 from transformers_flex.evaluation import predict
-from transformers_flex.flexbert_layers import kept_layer_indices
+from transformers_flex.flexbert_layers import depth_ramp_layers
 from transformers_flex.flops import subnet_flops
 from transformers_flex.hub import metric_names
 from transformers_flex.trainer import stage_subnets
@@ -81,15 +81,9 @@ def avenue_options(name: str, args: argparse.Namespace, config: FlexBertConfig) 
     if name == "longer":
         options = [*options, "--num_train_epochs", str(2 * float(args.num_train_epochs))]
     if stage == "ramps":
-        options = [*options, "--exit_layers", *map(str, ramp_layers(config))]
+        layers = depth_ramp_layers(config.num_hidden_layers, config.depth_mults)  # one per shallower depth
+        options = [*options, "--exit_layers", *map(str, layers)]
     return ["--flex_stage", stage, *options]
-
-
-def ramp_layers(config: FlexBertConfig) -> list[int]:
-    """The layer after which each shallower depth's ramp sits, ascending: the number of layers the depth keeps, which
-    under the prefix rule is its last layer."""
-    depths = [depth for depth in config.depth_mults if depth < 1.0]
-    return sorted(len(kept_layer_indices(config.num_hidden_layers, depth, "prefix")) for depth in depths)
 
 
 def with_earlier_avenues(names: list[str]) -> list[str]:

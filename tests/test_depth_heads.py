@@ -1,8 +1,14 @@
 """`depth_heads="ramps"`: a shallower prefix sub-network is answered by the off-ramp after its last layer (Flexible
 BERT's depth sub-networks) — in the static forward, in the dynamic engine and in the static export."""
 
+import csv
+import json
+
 import pytest
 import torch
+from pipeline_runs import DEPTHS, TINY_BUDGET, WIDTHS, csv_arguments, train_here
+from test_pipeline import metric_keys
+from transformers import AutoTokenizer
 
 from transformers_flex import FlexBertConfig, FlexBertForQuestionAnswering, FlexBertForSequenceClassification
 
@@ -82,3 +88,51 @@ def test_exporting_a_depth_answered_by_an_attention_ramp_is_refused(tiny_config)
     with pytest.raises(ValueError, match="use pooler ramps"):
         model.export_subnet(depth=0.5)
     assert model.export_subnet(depth=1.0).config.num_hidden_layers == 4  # the full depth has the final head
+
+
+# --- the ramps stage of `transformers-flex train` with `--depth_heads ramps` ----------------------------------------
+
+
+def ramps_stage_arguments(classification_run, data_files, output_dir) -> list:
+    """One ramps stage from the shared run's width_depth model, on its CSV, at its tiny budget."""
+    run_dir, _ = classification_run
+    args = ["--flex_stage", "ramps", "--model_name_or_path", run_dir / "width_depth"]
+    return [*args, *csv_arguments(data_files, output_dir), "--label_column_name", "sentiment", *TINY_BUDGET]
+
+
+@pytest.mark.integration
+def test_ramps_stage_gives_each_depth_its_ramp_and_scores_it(classification_run, data_files, tmp_path):
+    """`--depth_rule prefix --depth_heads ramps` without `--exit_layers`: a ramp after the last layer of each
+    shallower depth (3 and 5 of 6), and the stage's dev scores of all 12 sub-networks, each shallower one through
+    its ramp: its reported loss is the cross-entropy of that ramp's logits read off the full depth."""
+    args = [*ramps_stage_arguments(classification_run, data_files, tmp_path), "--depth_rule", "prefix"]
+    train_here(*args, "--depth_heads", "ramps")
+    metrics = json.loads((tmp_path / "stage_results.json").read_text())["metrics"]
+    assert metric_keys(metrics, "accuracy") == {(width, depth) for width in WIDTHS for depth in DEPTHS}
+    model = FlexBertForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert model.config.depth_heads == "ramps" and model.config.exit_layers == [3, 5]
+    dev = list(csv.DictReader(open(data_files["dev.csv"])))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    batch = tokenizer(
+        [row["review"] for row in dev], truncation=True, max_length=32, padding=True, return_tensors="pt"
+    )
+    labels = torch.tensor([model.config.label2id[row["sentiment"]] for row in dev])
+    with torch.no_grad():
+        full = model(**batch, width=0.5, output_hidden_states=True, dynamic=False)
+        ramps = model.ramp_logits(full.hidden_states, batch["attention_mask"])
+    for depth, layer in ((0.75, 5), (0.5, 3)):
+        expected = torch.nn.functional.cross_entropy(ramps[layer], labels).item()
+        assert metrics[f"eval_w0.5_d{depth}_loss"] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "add --depth_rule prefix"),  # the shared run's rule is every_other
+        (["--depth_rule", "prefix", "--exit_layers", "3"], "lacks \\[5\\]"),
+    ],
+)
+def test_depth_heads_ramps_is_refused_without_what_it_needs(classification_run, data_files, tmp_path, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        train_here(*ramps_stage_arguments(classification_run, data_files, tmp_path), "--depth_heads", "ramps", *extra)
+    assert not any(tmp_path.iterdir())  # refused before anything was written

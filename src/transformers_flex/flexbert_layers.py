@@ -57,6 +57,13 @@ def kept_layer_indices(num_layers: int, depth: float, depth_rule: str) -> list[i
     return [min(num_layers - 1, int(math.floor(i / depth + 1e-6))) for i in range(kept)]
 
 
+def depth_ramp_layers(num_layers: int, depth_mults: Sequence[float]) -> list[int]:
+    """The layers (1-based, ascending) after which each shallower depth's own off-ramp sits under the prefix rule
+    (`depth_heads="ramps"`): the number of layers the depth keeps, which is its last layer."""
+    shallower = {len(kept_layer_indices(num_layers, depth, "prefix")) for depth in depth_mults}
+    return sorted(shallower - {num_layers})  # a depth that keeps every layer is answered by the final head
+
+
 def subnet_layer_shapes(config: FlexBertConfig, width: Width, depth: float) -> list[tuple[int, int, int]]:
     """`(layer index, heads, FFN neurons)` of every layer a sub-network runs; validates width and depth."""
     widths = _per_layer_widths(width, config.num_hidden_layers)
@@ -579,6 +586,7 @@ __all__ = [
     "Width",
     "additive_attention_mask",
     "cls_head_macs",
+    "depth_ramp_layers",
     "heads_for_width",
     "kept_layer_indices",
     "last_real_column",

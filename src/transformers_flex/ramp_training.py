@@ -72,7 +72,12 @@ class RampStage:
         self, model: nn.Module, flex_model: nn.Module, inputs: dict[str, torch.Tensor], state
     ) -> tuple[torch.Tensor, ModelOutput]:
         """The batch's ramp loss (`state`, the trainer's progress, does not change it). Training runs every width
-        of `ramp_widths`; evaluation reports the full width's."""
+        of `ramp_widths`; evaluation reports the full width's, or, when `FlexTrainer.evaluate` scores one
+        sub-network (its `width`/`depth` in `inputs`), that sub-network's task loss and answer."""
+        if "width" in inputs or "depth" in inputs:
+            # With `config.depth_heads="ramps"` a shallower sub-network's answer is its ramp's: the static forward.
+            outputs = model(**inputs, dynamic=False)
+            return outputs.loss, outputs
         all_widths = self.ramp_widths == "all" and flex_model.training
         widths = flex_model.config.width_mults if all_widths else [1.0]
         return ramps_loss(model, flex_model, inputs, self.mode, widths)

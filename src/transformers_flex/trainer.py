@@ -160,10 +160,14 @@ class FlexTrainer(Trainer):
         return sandwich_subnets(subnets, self.args.num_random_subnets, rng)
 
     def eval_subnets(self) -> list[Subnet]:
-        """The sub-networks `evaluate` reports: every one the stage trains, or the full model only."""
+        """The sub-networks `evaluate` reports: every one the stage trains, or the full model only. A ramps stage
+        whose shallower depths are answered by their own ramps (`config.depth_heads="ramps"`) reports all of them."""
         if not self.args.eval_all_subnets:
             return [(1.0, 1.0)]
-        return stage_subnets(self.flex_model.config, self.args.flex_stage, self.args.selected_subnets())
+        stage = self.args.flex_stage
+        if stage == "ramps" and getattr(self.flex_model.config, "depth_heads", "final") == "ramps":
+            stage = "width_depth"  # the ramps it trains are the heads of the width_depth stage's shallower pairs
+        return stage_subnets(self.flex_model.config, stage, self.args.selected_subnets())
 
     # --- training ----------------------------------------------------------------------------------------------
 

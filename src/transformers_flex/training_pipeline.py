@@ -7,7 +7,8 @@ final -> ramps -> gates.
 - `width`: distillation from the rewired teacher into every width (optionally with layer-wise grafting).
 - `width_depth`: distillation from the width model into every (width, depth) pair.
 - `final`: the task loss on gold labels for every (width, depth) pair (after distillation; on request).
-- `ramps`: early-exit off-ramps after `--exit_layers`, trained as `--ramp_training` says.
+- `ramps`: early-exit off-ramps after `--exit_layers`, trained as `--ramp_training` says; with `--depth_heads
+  ramps` (prefix rule) each shallower depth's ramp also answers that depth's sub-networks (Flexible BERT).
 - `gates`: width gates (one per `--gate_block_size` layers), trained with everything else frozen.
 
 Any increasing subsequence of the stages runs (`--stages teacher width ramps gates`; `rewire` always precedes
@@ -40,7 +41,9 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
+from .configuration_flexbert import FlexBertConfig
 from .data import HUB_GLUE, load_data_files, load_glue, split_train_heldout
+from .flexbert_layers import depth_ramp_layers
 from .importance import compute_importance, rewire
 from .modeling_flexbert import FlexBertForQuestionAnswering, FlexBertForSequenceClassification
 from .squad import DOC_STRIDE, HUB_SQUAD, MAX_ANSWER_LENGTH, N_BEST_SIZE, SquadMetrics, load_squad
@@ -77,7 +80,10 @@ STAGE_TRAINING_FIELDS = {
     "ramps": ("ramp_training", "ramp_widths"),
     "gates": ("gate_temperature_start", "gate_temperature_end", "gate_regression_tolerance", "gate_span_f1"),
 }
-STAGE_MODEL_FIELDS = {"ramps": ("exit_layers", "ramp_type", "copy_head_to_new_ramps"), "gates": ("gate_block_size",)}
+STAGE_MODEL_FIELDS = {
+    "ramps": ("exit_layers", "ramp_type", "copy_head_to_new_ramps", "depth_heads"),
+    "gates": ("gate_block_size",),
+}
 # Settings of each stage that only exist with another one on: left out of the record when that one is off.
 DEPENDENT_FIELDS = {
     "grafting": ("grafting_alpha", "grafting_alpha_mode", "grafting_entropy_c", "grafting_times_per_epoch"),
@@ -109,6 +115,10 @@ class ModelArguments:
         ramp_type: `pooler` (BERT's head on [CLS]) or `attention` (FastBERT-style, reads every token).
         copy_head_to_new_ramps: New off-ramps start as copies of the final head (Flexible BERT), else randomly
             initialised (DeeBERT).
+        depth_heads: What answers a shallower sub-network (the ramps stage): `final` (the final head) or `ramps`
+            (Flexible BERT: the off-ramp after its last layer; needs the prefix depth rule). With `ramps`,
+            `--exit_layers` defaults to the last layer of each shallower depth and the stage scores all
+            sub-networks, each through its own head.
         gate_block_size: Width gates: one per block of this many layers (the gates stage; 0: none).
         config_overrides: Config fields the first stage changes, in run_clm.py's format (`a=1,b=0.0,c=true`), e.g.
             `attention_probs_dropout_prob=0.0`; later stages keep them.
@@ -125,6 +135,14 @@ class ModelArguments:
     ramp_type: str | None = field(default=None, metadata={"help": "Off-ramp classifier: pooler or attention."})
     copy_head_to_new_ramps: bool = field(
         default=True, metadata={"help": "New off-ramps start as copies of the final head (else random init)."}
+    )
+    depth_heads: str | None = field(
+        default=None,
+        metadata={
+            "help": "What answers a shallower sub-network after the ramps stage: final (the final head) or ramps "
+            "(the off-ramp after its last layer; prefix rule; sets --exit_layers).",
+            "choices": ["final", "ramps"],
+        },
     )
     gate_block_size: int | None = field(default=None, metadata={"help": "Layers per width gate (0: no gates)."})
     config_overrides: str | None = field(
@@ -199,7 +217,7 @@ class PipelineArguments:
     Args:
         stages: Stages to run, in pipeline order (a subsequence of teacher rewire width width_depth final ramps
             gates; rewire is added before width). Default: teacher rewire width width_depth, plus ramps when
-            `--exit_layers` is given and gates when `--gate_block_size` is.
+            `--exit_layers` or `--depth_heads ramps` is given and gates when `--gate_block_size` is.
         last_stage: Stop after this stage (a shortcut that cuts the stage list).
         overwrite_output_dir: Delete an earlier run in `--output_dir` and start over (otherwise a rerun continues
             it, and one with other settings is refused).
@@ -260,14 +278,14 @@ def resolve_stages(pipeline_args: PipelineArguments, model_args: ModelArguments)
         stages = set(pipeline_args.stages) | ({"rewire"} if "width" in pipeline_args.stages else set())
     else:
         stages = {"teacher", "rewire", "width", "width_depth"}
-        stages |= {"ramps"} if model_args.exit_layers else set()
+        stages |= {"ramps"} if model_args.exit_layers or model_args.depth_heads == "ramps" else set()
         stages |= {"gates"} if model_args.gate_block_size else set()
     ordered = [stage for stage in PIPELINE_STAGES if stage in stages]
     if pipeline_args.last_stage is not None:
         if pipeline_args.last_stage not in ordered:
             raise SystemExit(
                 f"--last_stage {pipeline_args.last_stage!r} is not among the stages {ordered} (ramps need "
-                "--exit_layers and gates --gate_block_size)."
+                "--exit_layers or --depth_heads ramps, and gates --gate_block_size)."
             )
         ordered = ordered[: ordered.index(pipeline_args.last_stage) + 1]
     return tuple(ordered)
@@ -279,17 +297,50 @@ def check_dynamic_flags(
     """Architecture flags and the stages they shape go together: refuse a flag no stage uses, and a ramps/gates
     stage with nothing to train, before anything is trained. A flag whose stage `--last_stage` cut off
     (`stopped_early`: the same command, stopped earlier) is only a warning."""
-    for stage, flag, value, existing in (
-        ("ramps", "--exit_layers", model_args.exit_layers, getattr(start_config, "exit_layers", None)),
-        ("gates", "--gate_block_size", model_args.gate_block_size, getattr(start_config, "gate_block_size", 0)),
-    ):
-        if value and stage not in stages and stopped_early:
-            logger.warning("%s shapes the %s stage, which --last_stage leaves out of this run.", flag, stage)
-        elif value and stage not in stages:
-            raise SystemExit(f"{flag} shapes the {stage} stage, which this run does not include ({list(stages)}).")
+    flags_of = {
+        "ramps": {"--exit_layers": model_args.exit_layers, "--depth_heads ramps": model_args.depth_heads == "ramps"},
+        "gates": {"--gate_block_size": model_args.gate_block_size},
+    }
+    existing_of = {
+        "ramps": getattr(start_config, "exit_layers", None),
+        "gates": getattr(start_config, "gate_block_size", 0),
+    }
+    for stage, flags in flags_of.items():
+        for flag in (flag for flag, value in flags.items() if value):
+            if stage not in stages and stopped_early:
+                logger.warning("%s shapes the %s stage, which --last_stage leaves out of this run.", flag, stage)
+            elif stage not in stages:
+                raise SystemExit(f"{flag} shapes the {stage} stage, which this run does not include ({list(stages)}).")
         # The first stage may start from a checkpoint that already has the modules; a later one never does.
-        if stage in stages and not value and not (stage == stages[0] and existing):
-            raise SystemExit(f"The {stage} stage needs {flag}.")
+        if stage in stages and not any(flags.values()) and not (stage == stages[0] and existing_of[stage]):
+            raise SystemExit(f"The {stage} stage needs {' or '.join(flags)}.")
+
+
+def resolve_depth_heads(model_args: ModelArguments, start: str) -> None:
+    """`--depth_heads ramps`: refuse it unless the run's depth rule is `prefix` (a ramp after layer n sees what a
+    sub-network of n layers computed only then), and give every shallower depth its off-ramp: `--exit_layers`
+    defaults to their last layers, and a list given without one of them is refused."""
+    if model_args.depth_heads != "ramps":
+        return
+    config = AutoConfig.from_pretrained(start)
+    overrides = config_overrides(model_args, start)
+    depth_rule = model_args.depth_rule or getattr(config, "depth_rule", None)
+    if depth_rule != "prefix":
+        raise SystemExit(
+            "--depth_heads ramps answers a shallower sub-network with the off-ramp after its last layer, which is "
+            "what the sub-network computed only under the prefix depth rule (this run's is "
+            f"{depth_rule or 'every_other, the default'}): add --depth_rule prefix (the first stage sets it)."
+        )
+    depth_mults = overrides.get("depth_mults") or getattr(config, "depth_mults", None) or FlexBertConfig().depth_mults
+    needed = depth_ramp_layers(config.num_hidden_layers, depth_mults)
+    if model_args.exit_layers is None:
+        model_args.exit_layers = needed
+        logger.info("--depth_heads ramps: off-ramps after layers %s (the last layer of each shallower depth).", needed)
+    elif missing := sorted(set(needed) - set(model_args.exit_layers)):
+        raise SystemExit(
+            f"--depth_heads ramps needs an off-ramp after layers {needed} (the last layer of each shallower depth of "
+            f"{depth_mults}); --exit_layers {model_args.exit_layers} lacks {missing}."
+        )
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -430,8 +481,9 @@ def stage_settings(stage: str, starts_from: str, args: tuple) -> dict:
         if switch in settings and settings[switch] in (False, "all"):
             for name in dependent:
                 settings.pop(name, None)
-    if settings.get("train_subnets", ()) is None:  # every sub-network: unrecorded, so runs made before still match
-        del settings["train_subnets"]
+    for name in ("train_subnets", "depth_heads"):  # unset: unrecorded, so runs made before they existed still match
+        if name in settings and settings[name] is None:
+            del settings[name]
     return settings
 
 
@@ -847,7 +899,7 @@ class FlexPipeline:
         """The model a stage trains, loaded from its input with the flags this stage owns (seeded first, so new
         modules start the same whether the stage runs alone or after others)."""
         set_seed(self.training_args.seed)
-        names = {"ramps": ("exit_layers", "ramp_type"), "gates": ("gate_block_size",)}.get(stage, ())
+        names = {"ramps": ("exit_layers", "ramp_type", "depth_heads"), "gates": ("gate_block_size",)}.get(stage, ())
         if source == self.start:
             names += ("depth_rule",)  # the first stage sets the depth rule every later one keeps
         overrides = architecture_overrides(self.model_args, names)
@@ -976,6 +1028,7 @@ def run(model_args, data_args, pipeline_args, training_args: FlexTrainingArgumen
         stopped_early = pipeline_args.last_stage is not None
         check_dynamic_flags(stages, model_args, AutoConfig.from_pretrained(start), stopped_early)
         teacher = None  # the pipeline loads its stages' teachers itself
+    resolve_depth_heads(model_args, start)  # before the run is recorded: it may set the exit layers
     splits = select_splits(task, raw, data_args, training_args.seed)
     output_dir = Path(training_args.output_dir)
     args = (model_args, data_args, pipeline_args, training_args)
@@ -1006,7 +1059,7 @@ def publish(output_dir: Path, training_args: FlexTrainingArguments) -> None:
 
 def run_single_stage(task, data, tokenizer, start, teacher, model_args, training_args) -> dict:
     """`--flex_stage <stage>`: the checkpoint, with every architecture flag given, trained into `--output_dir`."""
-    names = ("depth_rule", "exit_layers", "ramp_type", "gate_block_size")
+    names = ("depth_rule", "exit_layers", "ramp_type", "depth_heads", "gate_block_size")
     set_seed(training_args.seed)
     overrides = architecture_overrides(model_args, names) | config_overrides(model_args, start)
     model = load_model(start, task, overrides, model_args.copy_head_to_new_ramps)
