@@ -1,5 +1,6 @@
 """`depth_heads="ramps"`: a shallower prefix sub-network is answered by the off-ramp after its last layer (Flexible
-BERT's depth sub-networks) — in the static forward, in the dynamic engine and in the static export."""
+BERT's depth sub-networks) — in the static forward, in the dynamic engine, in the static export and in the ramps
+stage of `transformers-flex train --depth_heads ramps`."""
 
 import csv
 import json
@@ -11,6 +12,7 @@ from test_pipeline import metric_keys
 from transformers import AutoTokenizer
 
 from transformers_flex import FlexBertConfig, FlexBertForQuestionAnswering, FlexBertForSequenceClassification
+from transformers_flex.export import to_bert
 
 
 def ramp_config(tiny_config: FlexBertConfig, ramp_type: str = "pooler") -> FlexBertConfig:
@@ -57,13 +59,21 @@ def test_a_depth_without_its_ramp_is_an_error(tiny_config, tiny_inputs):
         model(**tiny_inputs, depth=0.5)
 
 
-@pytest.mark.parametrize("cls", [FlexBertForSequenceClassification, FlexBertForQuestionAnswering])
-def test_engine_and_export_answer_as_the_static_sub_network(tiny_config, tiny_inputs, cls):
+@pytest.mark.parametrize(
+    ("cls", "ramp_type"),
+    [
+        (FlexBertForSequenceClassification, "pooler"),
+        (FlexBertForSequenceClassification, "attention"),
+        (FlexBertForQuestionAnswering, "pooler"),  # span ramps are one linear layer whatever `ramp_type` says
+    ],
+)
+def test_engine_and_export_answer_as_the_static_sub_network(tiny_config, tiny_inputs, cls, ramp_type):
     """No ramp exits (threshold 0): the engine runs the depth-0.5 sub-network and answers with its ramp, as the
-    static forward does; the export of that sub-network computes the same, its final head being the ramp."""
+    static forward does; the export of that sub-network computes the same, its final head being the pooler ramp,
+    or its attention ramp kept after its last layer (which the export's engine answers with too)."""
     tiny_config.num_labels = 2  # the QA head has two outputs (start, end)
     torch.manual_seed(0)
-    model = cls(ramp_config(tiny_config)).eval()
+    model = cls(ramp_config(tiny_config, ramp_type)).eval()
 
     def answer(output) -> torch.Tensor:
         return output.logits if hasattr(output, "logits") else torch.stack([output.start_logits, output.end_logits])
@@ -73,21 +83,25 @@ def test_engine_and_export_answer_as_the_static_sub_network(tiny_config, tiny_in
         engine = model.dynamic_forward(**tiny_inputs, width=0.75, depth=0.5, criterion="entropy", threshold=0.0)
         compact = model.export_subnet(width=0.75, depth=0.5)
         exported = answer(compact(**tiny_inputs))
-    assert engine.exit_layers.tolist() == [2, 2]
+        exported_engine = compact.dynamic_forward(**tiny_inputs, criterion="entropy", threshold=0.0)
+    assert engine.exit_layers.tolist() == [2, 2] == exported_engine.exit_layers.tolist()
     real = tiny_inputs["attention_mask"].bool()  # the engine's QA logits hold the dtype's minimum on padding
     if cls is FlexBertForQuestionAnswering:
         torch.testing.assert_close(answer(engine)[:, real], static[:, real], atol=1e-5, rtol=0)
     else:
         torch.testing.assert_close(answer(engine), static, atol=1e-5, rtol=0)
+        torch.testing.assert_close(answer(exported_engine), static, atol=1e-5, rtol=0)
     torch.testing.assert_close(exported, static, atol=1e-5, rtol=0)
-    assert compact.config.exit_layers == [] and compact.config.num_hidden_layers == 2
+    assert compact.config.num_hidden_layers == 2
+    # Only an attention ramp stays a ramp (after the export's last layer); a pooler ramp became the final head.
+    assert compact.config.exit_layers == ([2] if ramp_type == "attention" else [])
 
 
-def test_exporting_a_depth_answered_by_an_attention_ramp_is_refused(tiny_config):
+def test_a_depth_answered_by_an_attention_ramp_is_no_plain_bert(tiny_config):
     model = FlexBertForSequenceClassification(ramp_config(tiny_config, "attention"))
-    with pytest.raises(ValueError, match="use pooler ramps"):
-        model.export_subnet(depth=0.5)
-    assert model.export_subnet(depth=1.0).config.num_hidden_layers == 4  # the full depth has the final head
+    with pytest.raises(ValueError, match="BERT's heads cannot express"):
+        to_bert(model, depth=0.5)
+    assert to_bert(model, depth=1.0).config.num_hidden_layers == 4  # the full depth has the final head
 
 
 # --- the ramps stage of `transformers-flex train` with `--depth_heads ramps` ----------------------------------------

@@ -116,3 +116,24 @@ def test_int8_graph_is_smaller_and_keeps_the_representations(backbone_path, tmp_
     cosine = (reference * quantized).sum(-1) / np.linalg.norm(reference, axis=-1) / np.linalg.norm(quantized, axis=-1)
     assert cosine[real].min() > 0.9 and cosine[real].mean() > 0.97
     assert not np.allclose(reference, quantized, atol=1e-3)  # it is quantized, not a copy
+
+
+def test_a_depth_answered_by_its_attention_ramp_exports_with_that_ramp(classification_run, tmp_path):
+    """Flexible BERT's depth sub-networks with FastBERT-style ramps (`depth_heads="ramps"`): the 3-layer graph ends
+    in the attention ramp after layer 3 and gives what the sliced supernet's depth 0.5 gives, not its final head."""
+    checkpoint = classification_run[0] / "gates"
+    torch.manual_seed(0)  # the new attention ramps' initialisation
+    model = FlexBertForSequenceClassification.from_pretrained(
+        checkpoint, depth_rule="prefix", exit_layers=[3, 5], ramp_type="attention", depth_heads="ramps"
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    path = export_onnx(model, tmp_path / "model.onnx", width=0.5, depth=0.5)
+    for batch in batches(tokenizer):
+        with torch.no_grad():
+            expected = model(**as_torch(batch), width=0.5, depth=0.5, dynamic=False).logits
+            model.config.depth_heads = "final"
+            final_head = model(**as_torch(batch), width=0.5, depth=0.5, dynamic=False).logits
+            model.config.depth_heads = "ramps"
+        (logits,) = run_onnx(path, batch)
+        np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=0)
+        assert not np.allclose(logits, final_head.numpy(), atol=1e-3)  # the ramp answers, not the final head

@@ -127,9 +127,12 @@ class FlexBertConfig(PreTrainedConfig):
         depth_heads (`str`, defaults to `"final"`):
             What answers a shallower sub-network: `"final"` (the final head, after its last layer) or `"ramps"` (the
             off-ramp after its last layer, Flexible BERT's depth sub-networks; needs the `"prefix"` rule and an
-            off-ramp after the last layer of each shallower depth that runs).
+            off-ramp after the last layer of each shallower depth that runs). The full depth is answered by the
+            final head, or under `"ramps"` by an off-ramp after the last layer if `exit_layers` lists it (how an
+            exported shallower sub-network keeps its attention ramp).
         exit_layers (`list[int]`, *optional*):
-            1-based layer indices followed by an early-exit off-ramp.
+            1-based layer indices followed by an early-exit off-ramp (the last layer's answer is the final head's;
+            see `depth_heads`).
         ramp_type (`str`, defaults to `"pooler"`):
             Off-ramp classifier: `"pooler"` (BERT's head: dense + tanh on [CLS], linear) or `"attention"` (FastBERT
             style: project to `ramp_attention_size`, one self-attention layer read at [CLS], dense + tanh, linear).
@@ -354,6 +357,12 @@ class FlexBertConfig(PreTrainedConfig):
         if self.gate_block_size == 0:
             return []
         return list(range(0, self.num_hidden_layers, self.gate_block_size))
+
+    @property
+    def off_ramp_layers(self) -> list[int]:
+        """Exit layers with an off-ramp module: all but the last layer, whose answer is the final head's, unless
+        `depth_heads="ramps"` gives the last layer a ramp of its own."""
+        return [layer for layer in self.exit_layers if layer < self.num_hidden_layers or self.depth_heads == "ramps"]
 
     @property
     def head_size(self) -> int:

@@ -33,7 +33,8 @@ def to_bert(model: FlexBertPreTrainedModel, width: Width = 1.0, depth: float = 1
 
     BERT gives every layer the same number of heads and FFN neurons, so only sub-networks of full width can be
     written this way; narrower ones are exported with `model.export_subnet` (a compact FlexBert checkpoint).
-    Off-ramps are left out: the BERT model always answers with its final classifier.
+    Off-ramps are left out: the BERT model always answers with its final classifier (a shallower sub-network
+    answered by a pooler off-ramp under `depth_heads="ramps"` becomes that classifier; an attention ramp cannot).
     """
     class_name = type(model).__name__
     if class_name not in BERT_CLASSES:
@@ -44,6 +45,12 @@ def to_bert(model: FlexBertPreTrainedModel, width: Width = 1.0, depth: float = 1
             "express: save `model.export_subnet(...)` as a FlexBert checkpoint instead."
         )
     compact = model.export_subnet(width=width, depth=depth)
+    if compact.depth_head(compact.config.num_hidden_layers) is not None:
+        raise ValueError(
+            f"This sub-network is answered by its {model.config.ramp_type} off-ramp (`depth_heads='ramps'`), which "
+            "BERT's heads cannot express: save `model.export_subnet(...)` as a FlexBert checkpoint or use "
+            "`export_onnx` instead."
+        )
     config = compact.config
     if set(config.layer_num_heads) != {config.num_attention_heads} or set(config.layer_intermediate_sizes) != {
         config.intermediate_size

@@ -129,10 +129,13 @@ class FlexBertDynamicMixin:
 
     def depth_head(self, layers_run: int) -> str | None:
         """The off-ramp (its name in `off_ramps`) that answers a sub-network running the first `layers_run` layers:
-        with `config.depth_heads="ramps"`, the one after its last layer; None when the final head answers (the full
-        depth, or `depth_heads="final"`)."""
-        if self.config.depth_heads != "ramps" or layers_run == self.config.num_hidden_layers:
+        with `config.depth_heads="ramps"`, the one after its last layer; None when the final head answers
+        (`depth_heads="final"`, or the full depth without an off-ramp after the last layer; an exported shallower
+        sub-network keeps its attention ramp there)."""
+        if self.config.depth_heads != "ramps":
             return None
+        if layers_run == self.config.num_hidden_layers:
+            return str(layers_run) if str(layers_run) in self.off_ramps else None
         if str(layers_run) not in self.off_ramps:
             raise ValueError(
                 f"`depth_heads='ramps'`: a sub-network of {layers_run} layers is answered by the off-ramp after layer "

@@ -185,10 +185,16 @@ class FlexBertPreTrainedModel(PreTrainedModel):
                 f"This sub-network keeps none of the knowledgeable layers {self.config.knowledgeable_layers}; "
                 "export a deeper one."
             )
-        # With `depth_heads="ramps"` a shallower sub-network's off-ramp becomes the export's final head.
+        # With `depth_heads="ramps"` a shallower sub-network's off-ramp becomes the export's final head, or, when it
+        # is no final head's shape (attention ramps), stays an off-ramp after the export's last layer and answers it.
         depth_ramp = self.depth_head(len(kept))
         head_sources = {} if depth_ramp is None else self.ramp_as_final_head(depth_ramp)
-        exit_layers = [layer for layer in self.config.exit_layers if layer - 1 in kept and str(layer) != depth_ramp]
+        keeps_depth_ramp = head_sources is None
+        exit_layers = [
+            layer
+            for layer in self.config.exit_layers
+            if layer - 1 in kept and (keeps_depth_ramp or str(layer) != depth_ramp)
+        ]
         config = copy.deepcopy(self.config)
         # One update, validated once at the end: the fields depend on each other (layer counts and per-layer lists).
         config.update(
@@ -202,7 +208,7 @@ class FlexBertPreTrainedModel(PreTrainedModel):
                 "gate_widths": [1.0],  # gates pick supernet widths: not exported
                 "gate_block_size": 0,
                 "exit_layers": [kept.index(layer - 1) + 1 for layer in exit_layers],
-                "depth_heads": "final",  # the export runs all its layers: its final head answers
+                "depth_heads": "ramps" if keeps_depth_ramp else "final",  # the export runs all its layers
                 "knowledgeable_layers": None if not mixed else [kept.index(layer - 1) + 1 for layer in mixed],
                 "operating_points": None,  # the export is one of them
                 "exported_subnet": {"width": width, "depth": depth, "operating_point": budget},
@@ -221,7 +227,7 @@ class FlexBertPreTrainedModel(PreTrainedModel):
                 positions = [self.config.knowledgeable_layers.index(layer) for layer in mixed]
                 compact_state[name] = source[name][positions].clone()
                 continue
-            source_name = head_sources.get(name, source_name)
+            source_name = (head_sources or {}).get(name, source_name)
             # Every sliced tensor keeps a prefix along each dimension (heads and neurons are prefixes).
             compact_state[name] = source[source_name][tuple(slice(0, size) for size in tensor.shape)].clone()
         compact.load_state_dict(compact_state)
@@ -364,10 +370,8 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
         )
         self.dropout = nn.Dropout(classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        # One off-ramp after each exit layer but the last, whose answer is the final classifier's.
-        ramp_layers = [layer for layer in config.exit_layers if layer < config.num_hidden_layers]
         ramp_class = FlexBertAttentionRamp if config.ramp_type == "attention" else FlexBertOffRamp
-        self.off_ramps = nn.ModuleDict({str(layer): ramp_class(config) for layer in ramp_layers})
+        self.off_ramps = nn.ModuleDict({str(layer): ramp_class(config) for layer in config.off_ramp_layers})
         self.layer_mix = FlexBertLayerMix(config) if config.knowledgeable_layers else None
         self.width_gates = width_gates(config)
         self.post_init()
@@ -449,13 +453,11 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
             return self.final_logits(hidden, cls_states).float()
         return self.off_ramps[str(layer)](hidden, mask).float()
 
-    def ramp_as_final_head(self, ramp: str) -> dict[str, str]:
-        """`{final head parameter: off-ramp parameter}`: an export whose final head is the off-ramp `ramp`."""
+    def ramp_as_final_head(self, ramp: str) -> dict[str, str] | None:
+        """`{final head parameter: off-ramp parameter}`: an export whose final head is the off-ramp `ramp`; None for
+        an attention ramp, which has no final head's shape (the export keeps it as its last layer's ramp)."""
         if self.config.ramp_type != "pooler":
-            raise ValueError(
-                f"Exporting a sub-network answered by its {self.config.ramp_type} off-ramp is not supported (the "
-                "export's final head is BERT's pooler + classifier): use pooler ramps (`ramp_type='pooler'`)."
-            )
+            return None
         parts = ("pooler.dense.weight", "pooler.dense.bias", "classifier.weight", "classifier.bias")
         return {("bert." if part.startswith("pooler") else "") + part: f"off_ramps.{ramp}.{part}" for part in parts}
 
@@ -622,8 +624,7 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
         self.num_labels = config.num_labels
         self.bert = FlexBertModel(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
-        ramp_layers = [layer for layer in config.exit_layers if layer < config.num_hidden_layers]
-        self.off_ramps = nn.ModuleDict({str(layer): FlexBertSpanRamp(config) for layer in ramp_layers})
+        self.off_ramps = nn.ModuleDict({str(layer): FlexBertSpanRamp(config) for layer in config.off_ramp_layers})
         self.width_gates = width_gates(config)
         self.post_init()
 
