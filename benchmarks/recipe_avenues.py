@@ -10,6 +10,9 @@ shared start; then every avenue is one or two single stages of `transformers-fle
 - `same_width_teacher`: every sub-network taught by the width model at the student's own width.
 - `prefix`: the prefix depth rule (Flexible BERT: a shallower sub-network is the first layers of the deeper ones).
 - `longer`: twice the epochs.
+- `augmented`: TinyBERT's data augmentation: the width_depth stage also trains on one copy of every training
+  example with words replaced by their embedding neighbours (`--augment_copies 1`), so it takes as many steps as
+  `longer` — new sentences instead of a second pass over the same ones.
 - `sandwich_final`: then the `final` stage (cross-entropy to gold labels, sandwich sampling) after `sandwich`.
 - `prefix_ramps`: Flexible BERT's recipe: after `prefix`, off-ramps after the last layer of each shallower depth
   (layers 3 and 5 of 6), trained at every width with the rest frozen (docs/RESULTS.md §5's recipe: attention ramps,
@@ -64,6 +67,7 @@ AVENUES = {
     "same_width_teacher": ("width_depth", "width", [*SANDWICH, "--teacher_width", "same"]),
     "prefix": ("width_depth", "width", [*SANDWICH, "--depth_rule", "prefix"]),
     "longer": ("width_depth", "width", SANDWICH),  # its epochs are doubled in `avenue_options`
+    "augmented": ("width_depth", "width", [*SANDWICH, "--augment_copies", "1"]),
     "sandwich_final": ("final", "sandwich", SANDWICH),
     # Section 5's ramp recipe (attention ramps: MiniLM's early [CLS] states carry little); exit layers are added.
     "prefix_ramps": ("ramps", "prefix", [*RAMPS, "--learning_rate", "1e-3", "--num_train_epochs", "1"]),

@@ -45,7 +45,7 @@ SMOKE = {
     "--max-eval-samples 8 --output {out}/budget_search.json",
     "fixed_size_baselines": "--task_name mrpc --output_dir {out}/baselines --baselines first3_ft width0.5_kd "
     f"--output {{out}}/fixed_size_baselines.json {TINY_TRAINING}",
-    "recipe_avenues": "--task_name mrpc --output_dir {out}/avenues --avenues sandwich_final prefix_ramps "
+    "recipe_avenues": "--task_name mrpc --output_dir {out}/avenues --avenues sandwich_final prefix_ramps augmented "
     f"--output {{out}}/recipe_avenues.json {TINY_TRAINING}",
     "method_comparison": "--flexible {results}/glue_flex_mrpc_seed42.json --baselines "
     "{results}/baselines_mrpc_seed42.json --dynamic {results}/dynamic_tradeoffs_mrpc.json --dynabert "

@@ -120,7 +120,8 @@ def test_ramps_stage_gives_each_depth_its_ramp_and_scores_it(classification_run,
     shallower depth (3 and 5 of 6), and the stage's dev scores of all 12 sub-networks, each shallower one through
     its ramp: its reported loss is the cross-entropy of that ramp's logits read off the full depth."""
     args = [*ramps_stage_arguments(classification_run, data_files, tmp_path), "--depth_rule", "prefix"]
-    train_here(*args, "--depth_heads", "ramps")
+    # Randomly initialised ramps: a score read from the final head instead could not pass for the ramp's.
+    train_here(*args, "--depth_heads", "ramps", "--copy_head_to_new_ramps", "false")
     metrics = json.loads((tmp_path / "stage_results.json").read_text())["metrics"]
     assert metric_keys(metrics, "accuracy") == {(width, depth) for width in WIDTHS for depth in DEPTHS}
     model = FlexBertForSequenceClassification.from_pretrained(tmp_path).eval()
@@ -134,9 +135,12 @@ def test_ramps_stage_gives_each_depth_its_ramp_and_scores_it(classification_run,
     with torch.no_grad():
         full = model(**batch, width=0.5, output_hidden_states=True, dynamic=False)
         ramps = model.ramp_logits(full.hidden_states, batch["attention_mask"])
+        model.config.depth_heads = "final"
+        final_head = model(**batch, width=0.5, depth=0.5, dynamic=False).logits
     for depth, layer in ((0.75, 5), (0.5, 3)):
         expected = torch.nn.functional.cross_entropy(ramps[layer], labels).item()
         assert metrics[f"eval_w0.5_d{depth}_loss"] == pytest.approx(expected, abs=1e-4)
+    assert abs(torch.nn.functional.cross_entropy(final_head, labels).item() - expected) > 1e-2
 
 
 @pytest.mark.parametrize(
@@ -150,3 +154,19 @@ def test_depth_heads_ramps_is_refused_without_what_it_needs(classification_run, 
     with pytest.raises(SystemExit, match=message):
         train_here(*ramps_stage_arguments(classification_run, data_files, tmp_path), "--depth_heads", "ramps", *extra)
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_depth_heads_ramps_brings_the_ramps_stage_and_needs_it():
+    from transformers_flex.training_pipeline import (
+        ModelArguments,
+        PipelineArguments,
+        check_dynamic_flags,
+        resolve_stages,
+    )
+
+    model_args = ModelArguments(depth_heads="ramps")
+    assert resolve_stages(PipelineArguments(), model_args)[-1] == "ramps"  # default stages, no --exit_layers given
+    stages = resolve_stages(PipelineArguments(stages=["teacher", "width"]), model_args)
+    with pytest.raises(SystemExit, match="--depth_heads ramps shapes the ramps stage"):
+        check_dynamic_flags(stages, model_args, FlexBertConfig())
+    check_dynamic_flags((*stages, "ramps"), model_args, FlexBertConfig())  # the ramps stage has what it needs

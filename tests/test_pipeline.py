@@ -290,3 +290,22 @@ def test_a_recorded_squad_run_gives_its_data_and_windows_back():
     arguments = recorded_data_arguments({"data": {**sizes, "dataset_name": "rajpurkar/squad"}, "task": task})
     assert arguments.task_name == "squad" and arguments.dataset_name is None
     assert (arguments.doc_stride, arguments.max_answer_length, arguments.max_eval_samples) == (32, 20, 16)
+
+
+def test_flags_added_later_are_recorded_only_when_set():
+    """Runs recorded before `--depth_heads` and augmentation existed still match their record: unset, neither is
+    recorded (a single stage records every architecture flag; the pipeline, the ramps stage's)."""
+    task = FlexTask(name="custom", kind="classification", text_columns=("text",), label_names=("a", "b"))
+    files = {"train_file": "t.csv", "validation_file": "d.csv"}
+
+    def record(flex_stage: str, model_args: ModelArguments, data_args: DataArguments) -> dict:
+        training_args = FlexTrainingArguments(output_dir="unused", flex_stage=flex_stage, use_cpu=True)
+        stages = ("ramps",) if flex_stage == "all" else (flex_stage,)
+        return build_run_config(task, stages, "backbone", (model_args, data_args, PipelineArguments(), training_args))
+
+    for flex_stage, where in (("ramps", {"model", "stages.ramps"}), ("all", {"stages.ramps"})):
+        plain = record(flex_stage, ModelArguments(), DataArguments(**files))
+        flagged = record(flex_stage, ModelArguments(depth_heads="ramps"), DataArguments(**files, augment_copies=2))
+        changed = {difference.split(":")[0] for difference in run_config_differences(plain, flagged)}
+        augmentation = {f"data.augment_{name}" for name in ("copies", "probability", "neighbours")}
+        assert changed == {f"{place}.depth_heads" for place in where} | augmentation

@@ -333,9 +333,9 @@ TRAIN_DESCRIPTION = """Train a flexible model on a GLUE task or SQuAD (--task_na
 --validation_file: CSV, JSON lines or parquet; or --dataset_name; SQuAD's columns mean extractive QA), with the
 arguments of examples/run_glue_flex.py.
 It runs the whole pipeline by default: teacher, rewire, width and width_depth, plus the ramps stage when
---exit_layers is given and the gates stage when --gate_block_size is. --stages picks stages (in order; `final`,
-gold labels for every sub-network after width_depth, only when named),
---last_stage stops earlier, and --flex_stage <stage> trains one stage of --model_name_or_path instead. Each stage
+--exit_layers or --depth_heads ramps is given and the gates stage when --gate_block_size is. --stages picks
+stages (in order; `final`, gold labels for every sub-network after width_depth, only when named), --last_stage
+stops earlier, and --flex_stage <stage> trains one stage of --model_name_or_path instead. Each stage
 writes <output_dir>/<stage>/; a rerun continues the run, and refuses one made with other settings
 (--overwrite_output_dir starts over)."""
 

@@ -128,8 +128,8 @@ class FlexBertConfig(PreTrainedConfig):
             What answers a shallower sub-network: `"final"` (the final head, after its last layer) or `"ramps"` (the
             off-ramp after its last layer, Flexible BERT's depth sub-networks; needs the `"prefix"` rule and an
             off-ramp after the last layer of each shallower depth that runs). The full depth is answered by the
-            final head, or under `"ramps"` by an off-ramp after the last layer if `exit_layers` lists it (how an
-            exported shallower sub-network keeps its attention ramp).
+            final head, except in an exported shallower sub-network whose answer is an attention ramp: it keeps
+            that ramp after its last layer (`off_ramp_layers`).
         exit_layers (`list[int]`, *optional*):
             1-based layer indices followed by an early-exit off-ramp (the last layer's answer is the final head's;
             see `depth_heads`).
@@ -360,9 +360,10 @@ class FlexBertConfig(PreTrainedConfig):
 
     @property
     def off_ramp_layers(self) -> list[int]:
-        """Exit layers with an off-ramp module: all but the last layer, whose answer is the final head's, unless
-        `depth_heads="ramps"` gives the last layer a ramp of its own."""
-        return [layer for layer in self.exit_layers if layer < self.num_hidden_layers or self.depth_heads == "ramps"]
+        """Exit layers with an off-ramp module: all but the last layer, whose answer is the final head's; only an
+        exported sub-network answered by its attention ramp (`depth_heads="ramps"`) keeps a ramp there."""
+        keeps_last = self.depth_heads == "ramps" and self.exported_subnet is not None
+        return [layer for layer in self.exit_layers if layer < self.num_hidden_layers or keeps_last]
 
     @property
     def head_size(self) -> int:

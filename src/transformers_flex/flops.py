@@ -50,7 +50,8 @@ def paper_flops(
 def subnet_num_parameters(
     config: FlexBertConfig, width: Width = 1.0, depth: float = 1.0, head: Head = "sequence_classification"
 ) -> int:
-    """Parameters of the compact model `export_subnet(width, depth)` builds (embeddings and head included)."""
+    """Parameters of the compact model `export_subnet(width, depth)` builds (embeddings and final head included,
+    its off-ramps not)."""
     hidden_size = config.hidden_size
     layer_norm = 2 * hidden_size
     embeddings = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * hidden_size

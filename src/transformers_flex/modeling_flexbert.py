@@ -190,10 +190,11 @@ class FlexBertPreTrainedModel(PreTrainedModel):
         depth_ramp = self.depth_head(len(kept))
         head_sources = {} if depth_ramp is None else self.ramp_as_final_head(depth_ramp)
         keeps_depth_ramp = head_sources is None
+        last = kept[-1] + 1  # the export's last layer, numbered as in the supernet (1-based)
         exit_layers = [
             layer
             for layer in self.config.exit_layers
-            if layer - 1 in kept and (keeps_depth_ramp or str(layer) != depth_ramp)
+            if layer - 1 in kept and (layer < last or (keeps_depth_ramp and str(layer) == depth_ramp))
         ]
         config = copy.deepcopy(self.config)
         # One update, validated once at the end: the fields depend on each other (layer counts and per-layer lists).
@@ -207,8 +208,9 @@ class FlexBertPreTrainedModel(PreTrainedModel):
                 "depth_mults": [1.0],
                 "gate_widths": [1.0],  # gates pick supernet widths: not exported
                 "gate_block_size": 0,
+                # Ramps below the last layer stay exits; after it, only a kept attention ramp, which answers the
+                # export (`depth_heads` is the supernet's: `off_ramp_layers` keeps that ramp for exports only).
                 "exit_layers": [kept.index(layer - 1) + 1 for layer in exit_layers],
-                "depth_heads": "ramps" if keeps_depth_ramp else "final",  # the export runs all its layers
                 "knowledgeable_layers": None if not mixed else [kept.index(layer - 1) + 1 for layer in mixed],
                 "operating_points": None,  # the export is one of them
                 "exported_subnet": {"width": width, "depth": depth, "operating_point": budget},
@@ -507,7 +509,9 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
 
     def check_exit_settings(self, criterion: str, use_ramps: bool) -> None:
         super().check_exit_settings(criterion, use_ramps)
-        if use_ramps and len(self.off_ramps) and self.num_labels == 1 and criterion != "patience":
+        # Ramps that can stop a row early (an export's ramp after its last layer is its answer, never an exit).
+        early = [layer for layer in self.off_ramps if int(layer) < self.config.num_hidden_layers]
+        if use_ramps and early and self.num_labels == 1 and criterion != "patience":
             raise ValueError("A regression model has no prediction entropy: use `criterion='patience'`.")
 
     def forward(

@@ -17,7 +17,7 @@ from .training_args import FROZEN_BACKBONE_RAMP_TRAINING, FlexTrainingArguments
 def prepare_ramp_training(model: nn.Module, mode: str) -> None:
     """Check the model has off-ramps; freeze everything else for the modes that train ramps only."""
     if len(getattr(model, "off_ramps", {})) == 0:
-        raise ValueError("The ramps stage needs off-ramps: set `config.exit_layers` (layers below the last).")
+        raise ValueError("The ramps stage needs off-ramps: set `config.exit_layers` (layers below the last one).")
     if mode in FROZEN_BACKBONE_RAMP_TRAINING:
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name.startswith("off_ramps."))
@@ -73,7 +73,8 @@ class RampStage:
     ) -> tuple[torch.Tensor, ModelOutput]:
         """The batch's ramp loss (`state`, the trainer's progress, does not change it). Training runs every width
         of `ramp_widths`; evaluation reports the full width's, or, when `FlexTrainer.evaluate` scores one
-        sub-network (its `width`/`depth` in `inputs`), that sub-network's task loss and answer."""
+        sub-network (its `width`/`depth` in `inputs`: `config.depth_heads="ramps"`), that sub-network's task loss
+        and answer — then the plain `eval_loss` is the full model's task loss, not the ramps' training loss."""
         if "width" in inputs or "depth" in inputs:
             # With `config.depth_heads="ramps"` a shallower sub-network's answer is its ramp's: the static forward.
             outputs = model(**inputs, dynamic=False)

@@ -41,6 +41,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
+from .augmentation import augment_dataset
 from .configuration_flexbert import FlexBertConfig
 from .data import HUB_GLUE, load_data_files, load_glue, split_train_heldout
 from .flexbert_layers import depth_ramp_layers
@@ -178,6 +179,11 @@ class DataArguments:
         max_answer_length: Extractive QA: longest answer, in tokens.
         pad_to_max_length: Extractive QA: pad every window to `max_seq_length` (run_qa.py's default) instead of
             each batch to its longest window (the same answers for less compute).
+        augment_copies: The distillation stages (width, width_depth) also train on this many augmented copies of
+            every training example (TinyBERT's data augmentation: whole words replaced by their nearest
+            neighbours in the starting checkpoint's input embeddings); 0: none. Classification and regression.
+        augment_probability: Chance that each whole word of a copy is replaced (TinyBERT: 0.4).
+        augment_neighbours: Nearest neighbours a replacement is drawn from (TinyBERT: 15).
     """
 
     task_name: str | None = field(default=None, metadata={"help": "GLUE task shortcut, or squad."})
@@ -203,6 +209,11 @@ class DataArguments:
     pad_to_max_length: bool = field(
         default=False, metadata={"help": "QA: pad every window to max_seq_length (else each batch to its longest)."}
     )
+    augment_copies: int = field(
+        default=0, metadata={"help": "Augmented copies of each training example for the distillation stages."}
+    )
+    augment_probability: float = field(default=0.4, metadata={"help": "Chance each word of a copy is replaced."})
+    augment_neighbours: int = field(default=15, metadata={"help": "Embedding neighbours a replacement comes from."})
 
     def text_columns(self) -> tuple[str, ...] | None:
         if self.text_column_names is None:
@@ -231,7 +242,7 @@ class PipelineArguments:
         default=None,
         metadata={
             "help": "Stages to run, in pipeline order (default: teacher rewire width width_depth, plus ramps with "
-            "--exit_layers and gates with --gate_block_size).",
+            "--exit_layers or --depth_heads ramps and gates with --gate_block_size).",
             "choices": list(PIPELINE_STAGES),
         },
     )
@@ -333,9 +344,13 @@ def resolve_depth_heads(model_args: ModelArguments, start: str) -> None:
         )
     depth_mults = overrides.get("depth_mults") or getattr(config, "depth_mults", None) or FlexBertConfig().depth_mults
     needed = depth_ramp_layers(config.num_hidden_layers, depth_mults)
-    if model_args.exit_layers is None:
-        model_args.exit_layers = needed
-        logger.info("--depth_heads ramps: off-ramps after layers %s (the last layer of each shallower depth).", needed)
+    if model_args.exit_layers is None:  # the checkpoint's own ramps stay
+        model_args.exit_layers = sorted(set(getattr(config, "exit_layers", None) or []) | set(needed))
+        logger.info(
+            "--depth_heads ramps: off-ramps after layers %s (%s: the last layer of each shallower depth).",
+            model_args.exit_layers,
+            needed,
+        )
     elif missing := sorted(set(needed) - set(model_args.exit_layers)):
         raise SystemExit(
             f"--depth_heads ramps needs an off-ramp after layers {needed} (the last layer of each shallower depth of "
@@ -431,6 +446,50 @@ def tokenize_splits(splits: dict, task: FlexTask, tokenizer, max_length: int) ->
     return tokenized | {"extra_dev": extra_dev} | raw_dev
 
 
+def check_augmentation(data_args: DataArguments, task: FlexTask, stages: tuple[str, ...]) -> None:
+    """Refuse augmentation settings that cannot work, before any training: a QA task (a replaced word would move
+    the answer span), a run without a distillation stage (no other stage trains on the copies), bad values."""
+    if not data_args.augment_copies:
+        return
+    if data_args.augment_copies < 0 or not 0 < data_args.augment_probability <= 1 or data_args.augment_neighbours < 1:
+        raise SystemExit(
+            "--augment_copies must be >= 0, --augment_probability in (0, 1] and --augment_neighbours >= 1; got "
+            f"{data_args.augment_copies}, {data_args.augment_probability}, {data_args.augment_neighbours}."
+        )
+    if task.is_qa:
+        raise SystemExit("--augment_copies is for classification and regression: replacing words would move QA spans.")
+    if not set(stages) & set(DISTILLATION_STAGES):
+        raise SystemExit(
+            f"--augment_copies feeds the distillation stages {list(DISTILLATION_STAGES)}, which this run does not "
+            f"include ({list(stages)})."
+        )
+
+
+def add_augmented_train(data: dict, data_args: DataArguments, tokenizer, start: str, task: FlexTask, seed: int):
+    """`data["augmented_train"]`: the training set and `--augment_copies` augmented copies of it, the words' neighbours
+    taken from `start`'s input embeddings (a no-op without augmentation)."""
+    if not data_args.augment_copies:
+        return
+    embeddings = task.model_class.from_pretrained(start, **task.config_overrides()).get_input_embeddings().weight
+    logger.info("Augmenting the training set: %d copies of each example.", data_args.augment_copies)
+    data["augmented_train"] = augment_dataset(
+        data["train"],
+        tokenizer,
+        embeddings.detach(),
+        data_args.augment_copies,
+        data_args.augment_probability,
+        data_args.augment_neighbours,
+        seed,
+    )
+
+
+def stage_data(data: dict, stage: str) -> dict:
+    """The data a stage trains on: the distillation stages' training set includes the augmented copies, if any."""
+    if stage in DISTILLATION_STAGES and "augmented_train" in data:
+        return data | {"train": data["augmented_train"]}
+    return data
+
+
 def prepare_data(data_args: DataArguments, tokenizer, seed: int) -> tuple[FlexTask, dict]:
     """The task and its tokenized splits (`train`, `heldout`, `dev`, `extra_dev`), in one call."""
     task, raw = load_task(data_args)
@@ -496,7 +555,9 @@ def data_record(data_args: DataArguments) -> dict:
     else:
         source = {"dataset_name": data_args.dataset_name, "dataset_config_name": data_args.dataset_config_name}
     sizes = ("max_seq_length", "max_train_samples", "max_eval_samples", "importance_samples")
-    return source | {name: getattr(data_args, name) for name in sizes}
+    # Augmentation is recorded only when on, so runs made before it existed still match their record.
+    augmentation = ("augment_copies", "augment_probability", "augment_neighbours") if data_args.augment_copies else ()
+    return source | {name: getattr(data_args, name) for name in (*sizes, *augmentation)}
 
 
 def recorded_data_arguments(record: dict) -> DataArguments:
@@ -532,6 +593,8 @@ def build_run_config(task: FlexTask, stages: tuple[str, ...], start: str, args: 
     model["config_overrides"] = model_args.config_overrides
     if training_args.flex_stage != PIPELINE_STAGE:  # a single stage applies every architecture flag to its model
         model = {f.name: getattr(model_args, f.name) for f in dataclasses.fields(model_args)} | model
+        if model["depth_heads"] is None:  # unset: unrecorded, so runs made before the flag existed still match
+            del model["depth_heads"]
     for name in ("model_name_or_path", "teacher_name_or_path"):
         if model.get(name) and Path(model[name]).exists():  # a local checkpoint, wherever the command runs from
             model[name] = str(Path(model[name]).resolve())
@@ -936,7 +999,8 @@ class FlexPipeline:
             return self.run_rewire(source)
         teacher = self.stage_model(stage, source) if stage in DISTILLATION_STAGES else None
         model = self.stage_model(stage, source)
-        return train_stage(self.stage_arguments(stage), model, teacher, self.data, self.tokenizer, self.task)
+        data = stage_data(self.data, stage)
+        return train_stage(self.stage_arguments(stage), model, teacher, data, self.tokenizer, self.task)
 
     def finished_stage(self, stage: str, source: str) -> dict | None:
         """A finished stage's summary; a damaged one is rebuilt by evaluating the saved model (`source`: the
@@ -1022,6 +1086,7 @@ def run(model_args, data_args, pipeline_args, training_args: FlexTrainingArgumen
     needs_teacher = stages[0] in (*DISTILLATION_STAGES, "rewire")
     teacher = load_teacher(teacher_path, teacher_class(teacher_path, data_args)) if needs_teacher else None
     task, raw = load_task(data_args)
+    check_augmentation(data_args, task, stages)
     if teacher is not None:
         check_teacher_labels(teacher, task, teacher_path)
     if pipeline:
@@ -1036,6 +1101,7 @@ def run(model_args, data_args, pipeline_args, training_args: FlexTrainingArgumen
     record = prepare_output_dir(output_dir, config, pipeline_args.overwrite_output_dir)
     tokenizer = load_tokenizer(start)  # its input names travel with every stage's checkpoint
     data = tokenize_splits(splits, task, tokenizer, data_args.max_seq_length)
+    add_augmented_train(data, data_args, tokenizer, start, task, training_args.seed)
     if not pipeline:
         return run_single_stage(task, data, tokenizer, start, teacher, model_args, training_args)
     flex_pipeline = FlexPipeline(task, data, tokenizer, start, model_args, pipeline_args, training_args)
@@ -1065,7 +1131,7 @@ def run_single_stage(task, data, tokenizer, start, teacher, model_args, training
     model = load_model(start, task, overrides, model_args.copy_head_to_new_ramps)
     if training_args.flex_stage in DISTILLATION_STAGES and teacher is None:
         teacher = load_teacher(model_args.teacher_name_or_path or start, task.model_class, task.num_labels)
-    summary = train_stage(training_args, model, teacher, data, tokenizer, task)
+    summary = train_stage(training_args, model, teacher, stage_data(data, training_args.flex_stage), tokenizer, task)
     print(json.dumps(summary["metrics"], indent=2))
     return summary
 
