@@ -13,6 +13,8 @@ shared start; then every avenue is one or two single stages of `transformers-fle
 - `augmented`: TinyBERT's data augmentation: the width_depth stage also trains on one copy of every training
   example with words replaced by their embedding neighbours (`--augment_copies 1`), so it takes as many steps as
   `longer` — new sentences instead of a second pass over the same ones.
+- `attention_kd`: attention distillation too (MiniLM's self-attention transfer, `--lambda_attention 1`): each
+  sub-network's attention distribution of every head and token learns the teacher's in the same layer.
 - `sandwich_final`: then the `final` stage (cross-entropy to gold labels, sandwich sampling) after `sandwich`.
 - `prefix_ramps`: Flexible BERT's recipe: after `prefix`, off-ramps after the last layer of each shallower depth
   (layers 3 and 5 of 6), trained at every width with the rest frozen (docs/RESULTS.md §5's recipe: attention ramps,
@@ -68,6 +70,7 @@ AVENUES = {
     "prefix": ("width_depth", "width", [*SANDWICH, "--depth_rule", "prefix"]),
     "longer": ("width_depth", "width", SANDWICH),  # its epochs are doubled in `avenue_options`
     "augmented": ("width_depth", "width", [*SANDWICH, "--augment_copies", "1"]),
+    "attention_kd": ("width_depth", "width", [*SANDWICH, "--lambda_attention", "1.0"]),
     "sandwich_final": ("final", "sandwich", SANDWICH),
     # Section 5's ramp recipe (attention ramps: MiniLM's early [CLS] states carry little); exit layers are added.
     "prefix_ramps": ("ramps", "prefix", [*RAMPS, "--learning_rate", "1e-3", "--num_train_epochs", "1"]),

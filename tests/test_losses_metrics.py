@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from transformers_flex.losses import (
+    attention_distillation,
     hidden_states_distillation,
     kl_to_teacher,
     logits_distillation,
+    masked_attention_kl,
     masked_hidden_mse,
     ramp_training_loss,
     soft_cross_entropy,
@@ -55,6 +57,41 @@ def test_depth_mapping_sends_the_last_student_layer_to_the_last_teacher_layer():
     assert teacher_layer_for_student([0, 2, 4, 6, 8, 10], 12) == [0, 1, 3, 5, 7, 9, 12]
     assert teacher_layer_for_student([0, 1, 2], 6) == [0, 1, 2, 6]  # prefix rule
     assert teacher_layer_for_student(list(range(6)), 6) == list(range(7))  # full depth: identity
+
+
+def attention_maps(batch: int, heads: int, length: int, mask: torch.Tensor, seed: int) -> torch.Tensor:
+    """Random attention distributions whose padded keys have probability 0, as the model's masked softmax gives."""
+    scores = torch.randn(batch, heads, length, length, generator=torch.Generator().manual_seed(seed))
+    return scores.masked_fill(mask[:, None, None, :] == 0, float("-inf")).softmax(dim=-1)
+
+
+def test_masked_attention_kl_is_the_mean_kl_of_each_head_and_real_token():
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[1, 4:] = 0
+    teacher, student = attention_maps(3, 4, 6, mask, seed=0), attention_maps(3, 2, 6, mask, seed=1)
+    loss = masked_attention_kl(student, teacher, mask)
+    expected = []
+    for example in range(3):
+        real = int(mask[example].sum())
+        kl = [
+            F.kl_div(student[example, head, query, :real].log(), teacher[example, head, query, :real], reduction="sum")
+            for head in range(2)  # the student's 2 heads against the teacher's first 2
+            for query in range(real)
+        ]
+        expected.append(torch.stack(kl).mean())
+    torch.testing.assert_close(loss, torch.stack(expected).mean())
+    assert masked_attention_kl(teacher, teacher, mask).abs() < 1e-6  # the same distributions: nothing to learn
+    garbage = student.clone()
+    garbage[1, :, 4:] = 0.5  # padded query rows must not matter
+    torch.testing.assert_close(masked_attention_kl(garbage, teacher, mask), loss)
+
+
+def test_attention_distillation_pairs_each_student_layer_with_the_teachers_same_layer():
+    mask = torch.ones(2, 5)
+    teacher = tuple(attention_maps(2, 4, 5, mask, seed=layer) for layer in range(4))
+    student = tuple(attention_maps(2, 2, 5, mask, seed=10 + layer) for layer in range(2))  # layers 0 and 2 ran
+    expected = masked_attention_kl(student[0], teacher[0], mask) + masked_attention_kl(student[1], teacher[2], mask)
+    torch.testing.assert_close(attention_distillation(student, teacher, [0, 2], mask), expected)
 
 
 def test_hidden_states_distillation_sums_mapped_pairs():

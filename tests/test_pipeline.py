@@ -309,3 +309,8 @@ def test_flags_added_later_are_recorded_only_when_set():
         changed = {difference.split(":")[0] for difference in run_config_differences(plain, flagged)}
         augmentation = {f"data.augment_{name}" for name in ("copies", "probability", "neighbours")}
         assert changed == {f"{place}.depth_heads" for place in where} | augmentation
+    for lambda_attention in (0.0, 0.5):  # a distillation stage's attention loss: recorded only when on
+        training_args = FlexTrainingArguments(output_dir="unused", use_cpu=True, lambda_attention=lambda_attention)
+        args = (ModelArguments(), DataArguments(**files), PipelineArguments(), training_args)
+        recorded = build_run_config(task, ("width",), "backbone", args)["stages"]["width"].get("lambda_attention")
+        assert recorded == (lambda_attention or None)

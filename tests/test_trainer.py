@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
 from transformers_flex import FlexBertForSequenceClassification
+from transformers_flex.losses import attention_distillation
 from transformers_flex.trainer import FlexTrainer, grafting_steps, sandwich_subnets, stage_subnets
 from transformers_flex.training_args import FlexTrainingArguments
 
@@ -632,3 +633,31 @@ def test_train_subnets_must_name_subnetworks_of_the_stage(tiny_config, tmp_path)
             teacher_model=teacher,
             data_collator=pad_collate,
         )
+
+
+def test_attention_loss_adds_the_kl_of_the_sub_networks_attention_maps(tiny_config, tmp_path):
+    """`lambda_attention` adds λ x the attention KL of the sub-network's own forward against the teacher's, each
+    layer the student runs against the teacher's same layer; the other parts are what they are without it."""
+    tiny_config.hidden_dropout_prob = tiny_config.attention_probs_dropout_prob = 0.0
+    student, teacher = make_models(tiny_config)
+    teacher.eval()
+    data = random_classification_dataset(8)
+    batch = pad_collate([data[i] for i in range(len(data))])
+
+    def loss_of(lambda_attention: float):
+        args = make_args(tmp_path, flex_stage="width_depth", lambda_attention=lambda_attention)
+        trainer = FlexTrainer(model=student, args=args, teacher_model=teacher, train_dataset=data)
+        return trainer.subnet_loss(student, trainer._prepare_inputs(batch), 0.5, 0.5, {})
+
+    plain_loss, plain_parts = loss_of(0.0)
+    loss, parts = loss_of(2.0)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        maps = student(**inputs, width=0.5, depth=0.5, output_attentions=True).attentions
+        teacher_maps = teacher(**inputs, output_attentions=True).attentions
+    layers = student.bert.encoder.kept_layers(student.resolve_subnet(0.5, 0.5))
+    expected = attention_distillation(maps, teacher_maps, layers, batch["attention_mask"])
+    assert "loss_attention" not in plain_parts and expected > 0
+    torch.testing.assert_close(parts["loss_attention"], expected)
+    torch.testing.assert_close(loss, plain_loss + 2.0 * expected)
+    assert maps[0].shape[1] == 2 and teacher_maps[0].shape[1] == 4  # half the heads, against the teacher's first

@@ -274,8 +274,8 @@ class FlexBertSelfAttention(nn.Module):
             scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(self.head_size)
             if attention_mask is not None:
                 scores = scores + attention_mask
-            probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=self.training)
-            context = torch.matmul(probs, value)
+            probs = scores.softmax(dim=-1)  # returned before dropout: a distribution (attention distillation)
+            context = torch.matmul(F.dropout(probs, p=dropout, training=self.training), value)
         else:
             probs = None
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout)

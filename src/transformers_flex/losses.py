@@ -1,6 +1,7 @@
 """Loss functions of flexible-model training (docs/algorithms.md §4-6), as small pure functions.
 
-Shapes: logits (batch, classes); hidden states (batch, length, hidden); attention_mask (batch, length) of 1/0.
+Shapes: logits (batch, classes); hidden states (batch, length, hidden); attention probabilities (batch, heads,
+length, length); attention_mask (batch, length) of 1/0.
 """
 
 from collections.abc import Callable
@@ -58,6 +59,35 @@ def hidden_states_distillation(
     return sum(
         masked_hidden_mse(student_state, teacher_hidden[teacher_index], attention_mask)
         for student_state, teacher_index in zip(student_hidden, mapping)
+    )
+
+
+def masked_attention_kl(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """`KL(teacher || student)` between the attention distributions of each head at each real query token, averaged
+    over heads and real tokens of each example, then over examples (MiniLM's self-attention transfer).
+
+    The student's heads are the teacher's first ones (a narrower width keeps a prefix of the rewired heads), so the
+    teacher is cut to the student's head count. Padded keys have probability 0 in both and add nothing.
+    """
+    teacher = teacher[:, : student.shape[1]].float()
+    student_log = student.float().clamp_min(torch.finfo(torch.float32).tiny).log()  # 0 * log 0 must stay 0
+    per_query = (torch.xlogy(teacher, teacher) - teacher * student_log).sum(dim=-1).mean(dim=1)  # (batch, length)
+    mask = attention_mask.to(per_query.dtype)
+    per_example = (per_query * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    return per_example.mean()
+
+
+def attention_distillation(
+    student_attentions: tuple[torch.Tensor, ...],
+    teacher_attentions: tuple[torch.Tensor, ...],
+    student_layers: list[int],
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """`sum_j KL(A_t[layer_j] || A_s[j])` over the layers the student ran, each against the teacher's same layer
+    (the student runs the teacher's own layer `layer_j`, 0-based, at its width)."""
+    return sum(
+        masked_attention_kl(student, teacher_attentions[layer], attention_mask)
+        for student, layer in zip(student_attentions, student_layers)
     )
 
 

@@ -24,7 +24,7 @@ from .evaluation import subnet_grid
 from .gate_training import GateStage
 from .hub import CARD_NAME, card_for_run, save_code_files, trainer_run
 from .importance import compute_importance, graft
-from .losses import hidden_states_distillation, logits_distillation
+from .losses import attention_distillation, hidden_states_distillation, logits_distillation
 from .ramp_training import RampStage
 from .training_args import PIPELINE_STAGE, FlexTrainingArguments
 
@@ -214,8 +214,8 @@ class FlexTrainer(Trainer):
             teacher_cache[teacher_width] = self.teacher_outputs(model_inputs, teacher_width)
         teacher = teacher_cache[teacher_width]
         lambda_logits, lambda_hidden = self.args.loss_weights()
-        use_hidden = lambda_hidden > 0
-        student = model(**model_inputs, output_hidden_states=use_hidden, **subnet)
+        use_hidden, use_attention = lambda_hidden > 0, self.args.lambda_attention > 0
+        student = model(**model_inputs, output_hidden_states=use_hidden, output_attentions=use_attention, **subnet)
         config = self.flex_model.config
         regression = config.problem_type == "regression" or config.num_labels == 1
         if hasattr(student, "start_logits"):  # extractive QA: distil both span distributions
@@ -227,15 +227,22 @@ class FlexTrainer(Trainer):
             loss_logits = logits_distillation(student.logits, teacher.logits, regression)
         parts = {"loss_logits": loss_logits}
         loss = lambda_logits * loss_logits
+        if not (use_hidden or use_attention):
+            return loss, parts
+        mask = model_inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(model_inputs["input_ids"].shape, device=model_inputs["input_ids"].device)
+        active_layers = self.flex_model.base_model.encoder.kept_layers(self.flex_model.resolve_subnet(**subnet))
         if use_hidden:
-            mask = model_inputs.get("attention_mask")
-            if mask is None:
-                mask = torch.ones(student.hidden_states[0].shape[:2], device=student.hidden_states[0].device)
-            active_layers = self.flex_model.base_model.encoder.kept_layers(self.flex_model.resolve_subnet(**subnet))
             parts["loss_hidden"] = hidden_states_distillation(
                 student.hidden_states, teacher.hidden_states, active_layers, mask
             )
             loss = loss + lambda_hidden * parts["loss_hidden"]
+        if use_attention:
+            parts["loss_attention"] = attention_distillation(
+                student.attentions, teacher.attentions, active_layers, mask
+            )
+            loss = loss + self.args.lambda_attention * parts["loss_attention"]
         return loss, parts
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -255,10 +262,17 @@ class FlexTrainer(Trainer):
 
     @torch.no_grad()
     def teacher_outputs(self, model_inputs: dict[str, torch.Tensor], width: float) -> Mapping:
-        """The teacher's outputs (logits and every hidden state) at `width`, full depth."""
-        use_hidden = self.args.loss_weights()[1] > 0
+        """The teacher's outputs at `width`, full depth: logits, and the hidden states and attention maps the
+        losses need."""
+        use_hidden, use_attention = self.args.loss_weights()[1] > 0, self.args.lambda_attention > 0
         # The static model (a teacher saved for dynamic inference would run the engine in eval mode).
-        return self.teacher_model(**model_inputs, output_hidden_states=use_hidden, width=width, dynamic=False)
+        return self.teacher_model(
+            **model_inputs,
+            output_hidden_states=use_hidden,
+            output_attentions=use_attention,
+            width=width,
+            dynamic=False,
+        )
 
     # --- grafting ----------------------------------------------------------------------------------------------
 

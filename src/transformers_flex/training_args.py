@@ -57,6 +57,10 @@ class FlexTrainingArguments(TrainingArguments):
             Weight of the logits loss; defaults to 1.0.
         lambda_hidden (`float`, *optional*):
             Weight of the hidden-state loss; defaults to 0.1 in the width stage and 1.0 in the width_depth stage.
+        lambda_attention (`float`, defaults to 0.0):
+            Weight of the attention loss of the distillation stages (MiniLM's self-attention transfer: the KL
+            divergence from the teacher's attention distribution of each head and token, every layer the student
+            runs); 0 leaves it out.
         teacher_width (`str`, defaults to `"full"`):
             Teacher of the width_depth stage: the width-trained model at `full` width (the authors' code) or at the
             `same` width as each student (the paper).
@@ -107,6 +111,9 @@ class FlexTrainingArguments(TrainingArguments):
     lambda_logits: float | None = field(default=None, metadata={"help": "Weight of the logits loss (default 1.0)."})
     lambda_hidden: float | None = field(
         default=None, metadata={"help": "Weight of the hidden-state loss (default 0.1 width stage, 1.0 width_depth)."}
+    )
+    lambda_attention: float = field(
+        default=0.0, metadata={"help": "Weight of the attention-distribution (KL) loss of distillation; 0: off."}
     )
     teacher_width: str = field(
         default="full",

@@ -73,10 +73,11 @@ STAGE_TRAINING_FIELDS = {
     "teacher": (),
     "rewire": ("importance_batch_size",),
     "width": ("subnet_sampling", "num_random_subnets", "lambda_logits", "lambda_hidden", "importance_batch_size")
+    + ("lambda_attention",)
     + ("train_subnets", "grafting", "grafting_alpha", "grafting_alpha_mode", "grafting_entropy_c")
     + ("grafting_times_per_epoch",),
     "width_depth": ("subnet_sampling", "num_random_subnets", "lambda_logits", "lambda_hidden", "teacher_width")
-    + ("train_subnets",),
+    + ("train_subnets", "lambda_attention"),
     "final": ("subnet_sampling", "num_random_subnets", "train_subnets"),
     "ramps": ("ramp_training", "ramp_widths"),
     "gates": ("gate_temperature_start", "gate_temperature_end", "gate_regression_tolerance", "gate_span_f1"),
@@ -90,6 +91,8 @@ DEPENDENT_FIELDS = {
     "grafting": ("grafting_alpha", "grafting_alpha_mode", "grafting_entropy_c", "grafting_times_per_epoch"),
     "subnet_sampling": ("num_random_subnets",),  # only sandwich sampling draws random sub-networks
 }
+# Stage settings left out of the record at these values (their defaults: what runs recorded before they existed did).
+UNRECORDED_DEFAULTS = {"train_subnets": None, "depth_heads": None, "lambda_attention": 0.0}
 # Training arguments that change no trained weight: evaluation, logging, saving, hardware placement, the Hub.
 NOT_RECORDED_FIELDS = set(
     """
@@ -540,8 +543,8 @@ def stage_settings(stage: str, starts_from: str, args: tuple) -> dict:
         if switch in settings and settings[switch] in (False, "all"):
             for name in dependent:
                 settings.pop(name, None)
-    for name in ("train_subnets", "depth_heads"):  # unset: unrecorded, so runs made before they existed still match
-        if name in settings and settings[name] is None:
+    for name, default in UNRECORDED_DEFAULTS.items():  # so runs made before these settings existed still match
+        if name in settings and settings[name] == default:
             del settings[name]
     return settings
 
