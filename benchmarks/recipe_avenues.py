@@ -23,6 +23,9 @@ shared start; then every avenue is one or two single stages of `transformers-fle
   backbone on the gold labels (PABEE's depth-weighted loss, `--ramp_training weighted`) at every width: the `final`
   stage's gold labels for all 12 sub-networks, each depth through its own ramp.
 - `prefix_ramps_then_joint`: the same joint training, from `prefix_ramps` (its attention ramps already trained).
+- `prefix_final`: the `final` stage after `prefix` (what `sandwich_final` is to `sandwich`).
+- `prefix_final_ramps`: `prefix_ramps`' frozen attention ramps trained on `prefix_final`: the two winners at once
+  (the final stage's full-depth gains, a ramp per shallower depth).
 
 Every run is resumable (a finished stage is read back, an interrupted one resumes from its checkpoint). Options this
 script does not know (`--max_train_samples 64`, ...) go to every `transformers-flex train` call. With `--baselines`
@@ -76,6 +79,8 @@ AVENUES = {
     "prefix_ramps": ("ramps", "prefix", [*RAMPS, "--learning_rate", "1e-3", "--num_train_epochs", "1"]),
     "prefix_ramps_joint": ("ramps", "prefix", JOINT_RAMPS),
     "prefix_ramps_then_joint": ("ramps", "prefix_ramps", ["--ramp_type", "attention", *JOINT_RAMPS]),
+    "prefix_final": ("final", "prefix", SANDWICH),
+    "prefix_final_ramps": ("ramps", "prefix_final", [*RAMPS, "--learning_rate", "1e-3", "--num_train_epochs", "1"]),
 }
 BATCH_SIZE = 64  # evaluation batches of the ramps avenues' scores
 RAMP_SCORES_NAME = "ramp_scores.json"  # a ramps avenue's score of every sub-network, each read from its own head
