@@ -348,6 +348,9 @@ def card_for_run(
         widths=", ".join(map(str, config.width_mults)),
         depths=", ".join(map(str, config.depth_mults)),
         depth_rule=config.depth_rule,
+        depth_heads_note=", each shallower depth answered by the off-ramp after its last layer"
+        if getattr(config, "depth_heads", "final") == "ramps"
+        else "",
         dynamic_summary=dynamic_summary(config),
         auto_class="AutoModelForQuestionAnswering" if is_qa else "AutoModelForSequenceClassification",
         head_name="ForQuestionAnswering" if is_qa else "ForSequenceClassification",
