@@ -191,11 +191,12 @@ class FlexBertPreTrainedModel(PreTrainedModel):
         head_sources = {} if depth_ramp is None else self.ramp_as_final_head(depth_ramp)
         keeps_depth_ramp = head_sources is None
         last = kept[-1] + 1  # the export's last layer, numbered as in the supernet (1-based)
-        exit_layers = [
-            layer
-            for layer in self.config.exit_layers
-            if layer - 1 in kept and (layer < last or (keeps_depth_ramp and str(layer) == depth_ramp))
-        ]
+        exit_layers = [layer for layer in self.config.exit_layers if layer - 1 in kept and layer < last]
+        # The last layer stays listed if it was (the final head answers there), except where the export would build
+        # a ramp there (`depth_heads="ramps"`): only for the depth's attention ramp it keeps.
+        listed_last = last in self.config.exit_layers and depth_ramp is None and self.config.depth_heads != "ramps"
+        if keeps_depth_ramp or listed_last:
+            exit_layers.append(last)
         config = copy.deepcopy(self.config)
         # One update, validated once at the end: the fields depend on each other (layer counts and per-layer lists).
         config.update(
@@ -208,8 +209,7 @@ class FlexBertPreTrainedModel(PreTrainedModel):
                 "depth_mults": [1.0],
                 "gate_widths": [1.0],  # gates pick supernet widths: not exported
                 "gate_block_size": 0,
-                # Ramps below the last layer stay exits; after it, only a kept attention ramp, which answers the
-                # export (`depth_heads` is the supernet's: `off_ramp_layers` keeps that ramp for exports only).
+                # `depth_heads` stays the supernet's: a kept attention ramp after the last layer answers the export.
                 "exit_layers": [kept.index(layer - 1) + 1 for layer in exit_layers],
                 "knowledgeable_layers": None if not mixed else [kept.index(layer - 1) + 1 for layer in mixed],
                 "operating_points": None,  # the export is one of them
