@@ -201,6 +201,7 @@ DYNAMIC_KEYS = ("dynamic", "dynamic_final")  # drawn as every point, faint, and 
 AVENUE_STYLES = [
     *(("^", "tab:brown"), ("v", "tab:pink"), ("<", "tab:olive"), (">", "tab:cyan")),
     *(("h", "black"), ("*", "tab:gray"), ("8", "navy"), ("p", "lime")),
+    *(("D", "maroon"), ("d", "teal"), ("H", "gold"), ("1", "indigo"), ("+", "darkorange")),
 ]  # one per avenue of recipe_avenues.py
 
 

@@ -105,7 +105,7 @@ CPU = {
     "recipe_avenues": "--task_name mrpc --output_dir runs/avenues/mrpc_seed42 --seed 42 --max_seq_length 128 "
     f"--baselines {RESULTS}/baselines_mrpc_seed42.json --output {RESULTS}/avenues_mrpc_seed42.json "
     "--avenues sandwich prefix same_width_teacher sandwich_final longer prefix_ramps prefix_ramps_joint "
-    "prefix_ramps_then_joint",  # all12: §3's sampling ablation
+    "prefix_ramps_then_joint attention_kd",  # all12: §3's sampling ablation
     # The dynamic model on the avenues' final stage, trained by docs/RESULTS.md §9's train_dynamic.sh step.
     "dynamic_tradeoffs:mrpc_final": "--run runs/dynamic_final/mrpc "
     f"--output {RESULTS}/dynamic_tradeoffs_mrpc_final.json",

@@ -121,6 +121,15 @@ def test_every_benchmark_script_is_in_the_smoke_budget():
     assert scripts - shared_modules == smoked
 
 
+def test_method_comparison_can_draw_every_avenue():
+    """Every avenue of recipe_avenues.py gets a marker of its own on the method-comparison plot."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import method_comparison
+    import recipe_avenues
+
+    assert len(set(method_comparison.AVENUE_STYLES)) >= len(recipe_avenues.AVENUES)
+
+
 def test_smoke_budget_runs_every_benchmark_script(smoke):
     """`make bench BUDGET=smoke` ends well (the suite fails if one script breaks) and every script wrote its JSON."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
