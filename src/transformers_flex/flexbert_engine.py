@@ -143,12 +143,13 @@ class FlexBertDynamicMixin:
             )
         return str(layers_run)
 
-    def static_depth_head(self, subnet) -> str | None:
-        """`depth_head` of the static `subnet`; the layers it keeps are counted only under `depth_heads="ramps"`
-        (every static forward asks, so the default costs one comparison)."""
+    def static_depth_head(self, width=None, depth=None) -> str | None:
+        """`depth_head` of the static forward's sub-network (`resolve_subnet(width, depth)`); it is resolved and its
+        layers counted only under `depth_heads="ramps"` (every static forward asks: the default costs one
+        comparison)."""
         if self.config.depth_heads != "ramps":
             return None
-        return self.depth_head(len(self.bert.encoder.kept_layers(subnet)))
+        return self.depth_head(len(self.bert.encoder.kept_layers(self.resolve_subnet(width, depth))))
 
     def check_exit_settings(self, criterion: str, use_ramps: bool) -> None:
         """Raise when the head cannot exit under `criterion` (e.g. entropy on a regression output)."""

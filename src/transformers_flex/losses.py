@@ -29,10 +29,14 @@ def masked_hidden_mse(student: torch.Tensor, teacher: torch.Tensor, attention_ma
     Averaging per example first makes the loss independent of how a batch is split or padded, so gradient
     accumulation gives the same update as one large batch.
     """
-    mask = attention_mask.to(student.dtype)
     per_token = (student.float() - teacher.float()).pow(2).mean(dim=-1)  # (batch, length)
-    per_example = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-    return per_example.mean()
+    return mean_over_real_tokens(per_token, attention_mask)
+
+
+def mean_over_real_tokens(per_token: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A `(batch, length)` loss averaged over each example's real tokens, then over examples."""
+    mask = attention_mask.to(per_token.dtype)
+    return ((per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
 
 
 def teacher_layer_for_student(student_layers: list[int], num_teacher_layers: int) -> list[int]:
@@ -72,9 +76,7 @@ def masked_attention_kl(student: torch.Tensor, teacher: torch.Tensor, attention_
     teacher = teacher[:, : student.shape[1]].float()
     student_log = student.float().clamp_min(torch.finfo(torch.float32).tiny).log()  # 0 * log 0 must stay 0
     per_query = (torch.xlogy(teacher, teacher) - teacher * student_log).sum(dim=-1).mean(dim=1)  # (batch, length)
-    mask = attention_mask.to(per_query.dtype)
-    per_example = (per_query * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-    return per_example.mean()
+    return mean_over_real_tokens(per_query, attention_mask)
 
 
 def attention_distillation(

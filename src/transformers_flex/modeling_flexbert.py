@@ -194,7 +194,7 @@ class FlexBertPreTrainedModel(PreTrainedModel):
         exit_layers = [layer for layer in self.config.exit_layers if layer - 1 in kept and layer < last]
         # The last layer stays listed if it was (the final head answers there), except where the export would build
         # a ramp there (`depth_heads="ramps"`): only for the depth's attention ramp it keeps.
-        listed_last = last in self.config.exit_layers and depth_ramp is None and self.config.depth_heads != "ramps"
+        listed_last = last in self.config.exit_layers and self.config.depth_heads != "ramps"
         if keeps_depth_ramp or listed_last:
             exit_layers.append(last)
         config = copy.deepcopy(self.config)
@@ -573,7 +573,7 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
             width=subnet.width,
             depth=subnet.depth,
         )
-        depth_ramp = self.static_depth_head(subnet)
+        depth_ramp = self.static_depth_head(subnet.width, subnet.depth)
         if depth_ramp is not None:  # the prefix's own off-ramp answers it (`config.depth_heads="ramps"`)
             logits = self.off_ramps[depth_ramp](outputs.last_hidden_state, attention_mask)
         elif knowledgeable:
@@ -794,7 +794,7 @@ class FlexBertForQuestionAnswering(FlexBertDynamicMixin, FlexBertPreTrainedModel
             width=width,
             depth=depth,
         )
-        depth_ramp = self.static_depth_head(self.resolve_subnet(width, depth))
+        depth_ramp = self.static_depth_head(width, depth)
         # A shallower sub-network's own span head answers it with `config.depth_heads="ramps"`, else the final one.
         head = self.qa_outputs if depth_ramp is None else self.off_ramps[depth_ramp]
         logits = head(outputs.last_hidden_state)

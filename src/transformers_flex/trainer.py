@@ -34,8 +34,11 @@ Subnet = tuple[float, float]
 
 
 def stage_subnets(config, stage: str, only: list[Subnet] | None = None) -> list[Subnet]:
-    """The (width, depth) pairs a stage trains, largest first: depth descending, then width descending; `only`
-    keeps those pairs (each must be one of the stage's)."""
+    """The (width, depth) pairs a stage trains (and evaluates), largest first: depth descending, then width
+    descending; `only` keeps those pairs (each must be one of the stage's). A ramps stage whose ramps answer the
+    shallower depths (`config.depth_heads="ramps"`) has every pair, each answered by its own head."""
+    if stage == "ramps" and getattr(config, "depth_heads", "final") == "ramps":
+        stage = "width_depth"
     if stage in ("teacher", "ramps", "gates"):
         return [(1.0, 1.0)]
     subnets = subnet_grid(config, full_depth_only=stage == "width")
@@ -160,14 +163,10 @@ class FlexTrainer(Trainer):
         return sandwich_subnets(subnets, self.args.num_random_subnets, rng)
 
     def eval_subnets(self) -> list[Subnet]:
-        """The sub-networks `evaluate` reports: every one the stage trains, or the full model only. A ramps stage
-        whose shallower depths are answered by their own ramps (`config.depth_heads="ramps"`) reports all of them."""
+        """The sub-networks `evaluate` reports: every one the stage trains, or the full model only."""
         if not self.args.eval_all_subnets:
             return [(1.0, 1.0)]
-        stage = self.args.flex_stage
-        if stage == "ramps" and getattr(self.flex_model.config, "depth_heads", "final") == "ramps":
-            stage = "width_depth"  # the ramps it trains are the heads of the width_depth stage's shallower pairs
-        return stage_subnets(self.flex_model.config, stage, self.args.selected_subnets())
+        return stage_subnets(self.flex_model.config, self.args.flex_stage, self.args.selected_subnets())
 
     # --- training ----------------------------------------------------------------------------------------------
 

@@ -543,10 +543,13 @@ def stage_settings(stage: str, starts_from: str, args: tuple) -> dict:
         if switch in settings and settings[switch] in (False, "all"):
             for name in dependent:
                 settings.pop(name, None)
-    for name, default in UNRECORDED_DEFAULTS.items():  # so runs made before these settings existed still match
-        if name in settings and settings[name] == default:
-            del settings[name]
-    return settings
+    return without_unrecorded_defaults(settings)
+
+
+def without_unrecorded_defaults(settings: dict) -> dict:
+    """`settings` without the `UNRECORDED_DEFAULTS` at their default, so runs made before they existed still match."""
+    unset = {name for name, default in UNRECORDED_DEFAULTS.items() if name in settings and settings[name] == default}
+    return {name: value for name, value in settings.items() if name not in unset}
 
 
 def data_record(data_args: DataArguments) -> dict:
@@ -596,8 +599,7 @@ def build_run_config(task: FlexTask, stages: tuple[str, ...], start: str, args: 
     model["config_overrides"] = model_args.config_overrides
     if training_args.flex_stage != PIPELINE_STAGE:  # a single stage applies every architecture flag to its model
         model = {f.name: getattr(model_args, f.name) for f in dataclasses.fields(model_args)} | model
-        if model["depth_heads"] is None:  # unset: unrecorded, so runs made before the flag existed still match
-            del model["depth_heads"]
+        model = without_unrecorded_defaults(model)
     for name in ("model_name_or_path", "teacher_name_or_path"):
         if model.get(name) and Path(model[name]).exists():  # a local checkpoint, wherever the command runs from
             model[name] = str(Path(model[name]).resolve())
