@@ -123,6 +123,11 @@ CPU = {
     f"{RESULTS}/dynamic_tradeoffs_sst2.json --output {RESULTS}/method_comparison_sst2.json",
     "method_comparison:stsb": f"--flexible {RESULTS}/glue_flex_stsb_seed42.json --dynamic "
     f"{RESULTS}/dynamic_tradeoffs_stsb.json --teacher-tolerance 1e-8 --output {RESULTS}/method_comparison_stsb.json",
+    # Batch size 1 (docs/RESULTS.md §1): warm weights, eager and compiled, two threads and one.
+    "subnet_latency:b1": "--rounds 40 --calls-per-round 10 --batch-size 1 --seq-length 32 --compile "
+    f"--output {RESULTS}/subnet_latency_b1.json",
+    "subnet_latency:b1_1thread": "--rounds 40 --calls-per-round 10 --batch-size 1 --seq-length 32 --compile "
+    f"--threads 1 --output {RESULTS}/subnet_latency_b1_1thread.json",
     "render_results": "",  # docs/RESULTS.md's tables and plots from the JSON
 }
 # Here: the script's CPU fallback on the tiny run. On a lent GPU, pack a real run here and measure there

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from pipeline_runs import ENV
 
 from transformers_flex import FlexBertConfig
@@ -138,3 +139,19 @@ def test_smoke_budget_runs_every_benchmark_script(smoke):
     outputs = [word for arguments in suite.SMOKE.values() for word in arguments.split() if word.startswith("{out}")]
     written = {Path(word.format(out=smoke)) for word in outputs if word.endswith(".json")}
     assert written and all(path.is_file() for path in written), [str(path) for path in written if not path.is_file()]
+
+
+def test_compiled_exports_give_the_eager_exports_logits(tiny_config, tiny_inputs):
+    """subnet_latency.py --compile times `torch.compile`d exports: they must compute what the eager exports do."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import subnet_latency
+
+    from transformers_flex import FlexBertForSequenceClassification
+
+    model = FlexBertForSequenceClassification(tiny_config).eval()
+    exports = {(0.5, 1.0): model.export_subnet(0.5, 1.0).eval()}
+    compiled, logit_diffs = subnet_latency.compiled_exports(exports, tiny_inputs)
+    with torch.inference_mode():
+        expected = model(**tiny_inputs, width=0.5).logits  # the sliced supernet: what the export must give
+        assert torch.allclose(compiled[0.5, 1.0](**tiny_inputs).logits, expected, atol=1e-5)
+    assert 0 <= logit_diffs[0.5, 1.0] <= 1e-5
