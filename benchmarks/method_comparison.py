@@ -120,7 +120,8 @@ def avenue_methods(path: str, reference: dict, tolerance: float) -> list[dict]:
     ratios = {subnet["name"]: subnet["flops_ratio"] for subnet in report["subnets"]}
     methods = []
     for avenue in report["avenues"]:
-        points = [point(name.replace("_", " "), ratios[name], value) for name, value in avenue["scores"].items()]
+        own_ratios = ratios | avenue.get("flops_ratio", {})  # an avenue whose ramps answer depths costs more there
+        points = [point(name.replace("_", " "), own_ratios[name], value) for name, value in avenue["scores"].items()]
         label = f"avenue {avenue['name']}, static: best of its {len(points)} sub-networks"
         methods.append(method(f"avenue:{avenue['name']}", label, f"avenue {avenue['name']}", path, points))
     return methods

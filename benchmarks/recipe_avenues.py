@@ -146,7 +146,9 @@ def ramp_scores(folder: Path, run_dir: Path, metric: str) -> dict[str, float]:
     return scores
 
 
-def avenue_row(name: str, run_dir: Path, metric: str, subnets: list[tuple[float, float]]) -> dict:
+def avenue_row(name: str, run_dir: Path, metric: str, subnets: list[tuple[float, float]], reference_flops) -> dict:
+    """Avenue `name`'s scores of every sub-network; and their FLOPs ratios where its heads make them differ from
+    `reference_flops` (the width model's, the table's column)."""
     stage, start, _ = AVENUES[name]
     folder = run_dir / "avenues" / name
     summary = json.loads((folder / "stage_results.json").read_text())
@@ -156,13 +158,21 @@ def avenue_row(name: str, run_dir: Path, metric: str, subnets: list[tuple[float,
         scores = {
             f"w{width}_d{depth}": subnet_score(summary["metrics"], metric, width, depth) for width, depth in subnets
         }
-    return {
-        "name": name,
-        "stage": stage,
-        "starts_from": start,
-        "scores": scores,
-        "train_runtime": summary["train_runtime"],
-    }
+    row = {"name": name, "stage": stage, "starts_from": start, "scores": scores}
+    own_flops = avenue_flops_ratios(folder, stage, subnets)
+    if own_flops != reference_flops:  # its heads cost other than the reference's (attention ramps answer depths)
+        row["flops_ratio"] = own_flops
+    return row | {"train_runtime": summary["train_runtime"]}
+
+
+def avenue_flops_ratios(folder: Path, stage: str, subnets: list) -> dict[str, float]:
+    """Each sub-network's FLOPs ratio in an avenue's model, through the head that answers it there (a ramps
+    avenue's shallower depths: their own ramps, as `ramp_scores` scores them)."""
+    config = FlexBertConfig.from_pretrained(folder)
+    if stage == "ramps":
+        config.depth_heads = "ramps"
+    full_flops = subnet_flops(config)
+    return {f"w{width}_d{depth}": subnet_flops(config, width, depth) / full_flops for width, depth in subnets}
 
 
 def best_baselines(path: str, report: dict) -> dict[str, dict]:
@@ -200,6 +210,12 @@ def table(report: dict) -> str:
     if REFERENCE in means:
         gains = " | ".join(f"{100 * (means[name] - means[REFERENCE]):+.2f}" for name in names)
         lines.append(f"| mean − {REFERENCE} | | | {gains} | |")
+    reference_flops = {subnet["name"]: subnet["flops_ratio"] for subnet in report["subnets"]}
+    for row in report["avenues"]:  # an avenue whose own heads cost more (its attention ramps) says where
+        own = {key: ratio for key, ratio in row.get("flops_ratio", {}).items() if ratio != reference_flops[key]}
+        if own:
+            ratios = ", ".join(f"{key} {ratio:.3f}" for key, ratio in own.items())
+            lines.append(f"\n{row['name']}: FLOPs ratios through the ramps that answer its depths: {ratios}")
     return "\n".join(lines)
 
 
@@ -233,7 +249,8 @@ def main() -> None:
          "flops_ratio": subnet_flops(config, width, depth) / full_flops}
         for width, depth in subnets
     ]  # fmt: skip
-    report["avenues"] = [avenue_row(name, run_dir, metric, subnets) for name in avenues]
+    reference_flops = {subnet["name"]: subnet["flops_ratio"] for subnet in report["subnets"]}
+    report["avenues"] = [avenue_row(name, run_dir, metric, subnets, reference_flops) for name in avenues]
     if args.baselines:
         report["baselines"] = best_baselines(args.baselines, report)
     write_report(args.output, report)

@@ -155,3 +155,15 @@ def test_compiled_exports_give_the_eager_exports_logits(tiny_config, tiny_inputs
         expected = model(**tiny_inputs, width=0.5).logits  # the sliced supernet: what the export must give
         assert torch.allclose(compiled[0.5, 1.0](**tiny_inputs).logits, expected, atol=1e-5)
     assert 0 <= logit_diffs[0.5, 1.0] <= 1e-5
+
+
+def test_ramp_avenue_counts_the_ramps_that_answer_its_depths(smoke):
+    """prefix_ramps' shallower sub-networks are answered by attention ramps, which cost more than the final head:
+    the avenue's own FLOPs ratios say so; full depth (the final head) costs what the reference does."""
+    report = json.loads((smoke / "recipe_avenues.json").read_text())
+    reference = {subnet["name"]: subnet["flops_ratio"] for subnet in report["subnets"]}
+    rows = {row["name"]: row for row in report["avenues"]}
+    assert "flops_ratio" not in rows["sandwich_final"]  # the final head answers every sub-network
+    ramps = rows["prefix_ramps"]["flops_ratio"]
+    for name, ratio in ramps.items():
+        assert ratio == reference[name] if name.endswith("_d1.0") else ratio > reference[name]

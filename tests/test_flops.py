@@ -40,3 +40,19 @@ def test_bert_base_paper_figure_and_ratios():
     full = subnet_flops(config)
     for (width, depth), ratio in {(0.5, 1.0): 0.50, (0.75, 0.75): 0.5625, (0.25, 0.5): 0.125}.items():
         assert subnet_flops(config, width, depth) / full == pytest.approx(ratio, abs=1e-3)
+
+
+@pytest.mark.parametrize("ramp_type", ["attention", "pooler"])
+@pytest.mark.parametrize(("width", "depth"), [(1.0, 1.0), (0.5, 0.75), (0.25, 0.5)])
+def test_flops_of_a_depth_answered_by_its_own_ramp_match_flop_counter(tiny_config, ramp_type, width, depth):
+    """Under `depth_heads="ramps"` a shallower sub-network is answered by the off-ramp after its last layer, and
+    only that head runs after the layers (no final pooler): the count is that ramp's cost."""
+    tiny_config.update({"num_labels": 2, "depth_rule": "prefix", "depth_heads": "ramps", "ramp_type": ramp_type})
+    tiny_config.update({"exit_layers": [2, 3], "dynamic_inference": False})  # depths 0.5 and 0.75 of 4 layers
+    model = FlexBertForSequenceClassification(tiny_config).eval()
+    seq_length = 13
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), model.subnet(width=width, depth=depth), counter:
+        model(input_ids=torch.randint(1, 99, (1, seq_length)))
+    # The counter sees the linear layers only (no formula for the fused CPU SDPA kernel, in the ramp too).
+    assert counter.get_total_flops() == subnet_flops(tiny_config, width, depth, seq_length, linear_only=True)

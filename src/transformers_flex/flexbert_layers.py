@@ -114,6 +114,14 @@ def cls_head_macs(hidden_size: int, num_outputs: int) -> int:
     return hidden_size * hidden_size + hidden_size * num_outputs
 
 
+def attention_ramp_macs(hidden_size: int, size: int, num_outputs: int, lengths, linear_only: bool = False):
+    """Multiply-accumulates of an attention off-ramp (`FlexBertAttentionRamp`) on `lengths` real tokens (an int or a
+    tensor of them): per token the down projection, key, value and (unless `linear_only`) the [CLS] query's score and
+    weighted sum; once the [CLS] query, output, pooler and classifier."""
+    per_token = hidden_size * size + 2 * size * size + (0 if linear_only else 2 * size)
+    return lengths * per_token + 3 * size * size + size * num_outputs
+
+
 def last_real_column(attention_mask: torch.Tensor) -> int:
     """One past the last column holding a real token in any row: what can be cut off (right padding only). A batch
     with no real token at all is kept whole."""
@@ -519,9 +527,8 @@ class FlexBertAttentionRamp(nn.Module):
 
     def macs(self, lengths: torch.Tensor) -> torch.Tensor:
         """Multiply-accumulates per example of the given real lengths."""
-        hidden_size, size = self.down.in_features, self.down.out_features
-        per_token = hidden_size * size + 2 * size * size + 2 * size  # down, key, value, score and weighted sum
-        return lengths * per_token + 3 * size * size + size * self.classifier.out_features  # query, output, pooler
+        hidden_size, size, num_outputs = self.down.in_features, self.down.out_features, self.classifier.out_features
+        return attention_ramp_macs(hidden_size, size, num_outputs, lengths)
 
 
 class FlexBertLayerMix(nn.Module):
@@ -585,6 +592,7 @@ __all__ = [
     "Subnet",
     "Width",
     "additive_attention_mask",
+    "attention_ramp_macs",
     "cls_head_macs",
     "depth_ramp_layers",
     "heads_for_width",

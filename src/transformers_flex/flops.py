@@ -2,14 +2,16 @@
 
 FLOPs = 2 x multiply-accumulates (MACs). Per layer with `a` heads of size `d_h`, `f` FFN neurons and `n` tokens:
 `n * (3*H*a*d_h + a*d_h*H + 2*H*f)` MACs in the linear layers plus `2 * n^2 * a*d_h` in the two attention
-matmuls (QK^T and attention x V); then the pooler and classifier (or the QA head). Embedding lookups, LayerNorm,
-softmax and activations are not counted (as in the papers and in `torch.utils.flop_counter`).
+matmuls (QK^T and attention x V); then the head that answers: the pooler and classifier (or the QA head), or, for a
+model whose shallower sub-networks are answered by their own attention off-ramps (`depth_heads="ramps"`), that
+ramp. Embedding lookups, LayerNorm, softmax and activations are not counted (as in the papers and in
+`torch.utils.flop_counter`).
 """
 
 from typing import Literal
 
 from .configuration_flexbert import FlexBertConfig
-from .flexbert_layers import Width, cls_head_macs, layer_macs, subnet_layer_shapes
+from .flexbert_layers import Width, attention_ramp_macs, cls_head_macs, layer_macs, subnet_layer_shapes
 
 Head = Literal["sequence_classification", "question_answering", "none"]
 PAPER_SEQ_LENGTH = 128  # the papers count linear layers only, at padded length 128 (thop style)
@@ -24,6 +26,19 @@ def head_macs(config: FlexBertConfig, head: Head, seq_length: int) -> int:
     return 0
 
 
+def answering_head_macs(
+    config: FlexBertConfig, head: Head, seq_length: int, layers_run: int, linear_only: bool = False
+) -> int:
+    """Multiply-accumulates of the head that answers a sub-network of `layers_run` layers: the task head, except
+    under `depth_heads="ramps"` with attention ramps, where the attention ramp after its last layer answers (a
+    pooler ramp costs what the final head does)."""
+    ramp_answers = config.depth_heads == "ramps" and layers_run in config.off_ramp_layers
+    if head == "sequence_classification" and ramp_answers and config.ramp_type == "attention":
+        size, num_labels = config.ramp_attention_size, config.num_labels
+        return attention_ramp_macs(config.hidden_size, size, num_labels, seq_length, linear_only)
+    return head_macs(config, head, seq_length)
+
+
 def subnet_flops(
     config: FlexBertConfig,
     width: Width = 1.0,
@@ -32,12 +47,14 @@ def subnet_flops(
     head: Head = "sequence_classification",
     linear_only: bool = False,
 ) -> int:
-    """FLOPs of one example of `seq_length` real tokens through the given sub-network and task head."""
+    """FLOPs of one example of `seq_length` real tokens through the given sub-network and the head that answers it
+    (`answering_head_macs`)."""
+    shapes = subnet_layer_shapes(config, width, depth)
     macs = sum(
         layer_macs(config.hidden_size, config.head_size, heads, neurons, seq_length, linear_only)
-        for _, heads, neurons in subnet_layer_shapes(config, width, depth)
+        for _, heads, neurons in shapes
     )
-    return 2 * (macs + head_macs(config, head, seq_length))
+    return 2 * (macs + answering_head_macs(config, head, seq_length, len(shapes), linear_only))
 
 
 def paper_flops(
@@ -72,4 +89,4 @@ def subnet_num_parameters(
     return total
 
 
-__all__ = ["head_macs", "layer_macs", "paper_flops", "subnet_flops", "subnet_num_parameters"]
+__all__ = ["answering_head_macs", "head_macs", "layer_macs", "paper_flops", "subnet_flops", "subnet_num_parameters"]

@@ -330,10 +330,13 @@ class FlexBertModel(FlexBertPreTrainedModel):
         return_dict: bool | None = None,
         width: Width | None = None,
         depth: float | None = None,
+        pool: bool = True,
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
         width (`float` or `list[float]`, *optional*), depth (`float`, *optional*):
             The sub-network of this call only (see `resolve_subnet`); by default the active one.
+        pool (`bool`, *optional*, defaults to `True`):
+            Run the pooler; a head that does not read `pooler_output` passes False (it is then None).
         """
         self._reject_head_mask(head_mask)
         if (input_ids is None) == (inputs_embeds is None):
@@ -353,7 +356,7 @@ class FlexBertModel(FlexBertPreTrainedModel):
         )
         output = BaseModelOutputWithPooling(
             last_hidden_state=sequence_output,
-            pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
+            pooler_output=self.pooler(sequence_output) if self.pooler is not None and pool else None,
             hidden_states=hidden_states,
             attentions=attentions,
         )
@@ -561,6 +564,7 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         knowledgeable = self.layer_mix is not None
+        depth_ramp = self.static_depth_head(subnet.width, subnet.depth)
         outputs = self.bert(
             input_ids,
             attention_mask=attention_mask,
@@ -572,8 +576,8 @@ class FlexBertForSequenceClassification(FlexBertDynamicMixin, FlexBertPreTrained
             output_hidden_states=output_hidden_states or knowledgeable,  # the mix reads several layers
             width=subnet.width,
             depth=subnet.depth,
+            pool=depth_ramp is None and not knowledgeable,  # an off-ramp or the layer mix reads no pooler output
         )
-        depth_ramp = self.static_depth_head(subnet.width, subnet.depth)
         if depth_ramp is not None:  # the prefix's own off-ramp answers it (`config.depth_heads="ramps"`)
             logits = self.off_ramps[depth_ramp](outputs.last_hidden_state, attention_mask)
         elif knowledgeable:
