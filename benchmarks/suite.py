@@ -106,6 +106,11 @@ CPU = {
     f"--baselines {RESULTS}/baselines_mrpc_seed42.json --output {RESULTS}/avenues_mrpc_seed42.json "
     "--avenues sandwich prefix same_width_teacher sandwich_final longer prefix_ramps prefix_ramps_joint "
     "prefix_ramps_then_joint attention_kd",  # all12: §3's sampling ablation
+    "fixed_size_baselines:rte": "--task_name rte --output_dir runs/avenues/rte_seed42 --seed 42 --max_seq_length 128 "
+    f"--flexible {RESULTS}/glue_flex_rte_seed42.json --output {RESULTS}/baselines_rte_seed42.json",
+    "recipe_avenues:rte": "--task_name rte --output_dir runs/avenues/rte_seed42 --seed 42 --max_seq_length 128 "
+    f"--baselines {RESULTS}/baselines_rte_seed42.json --avenues sandwich sandwich_final "
+    f"--output {RESULTS}/avenues_rte_seed42.json",
     # The dynamic model on the avenues' final stage, trained by docs/RESULTS.md §9's train_dynamic.sh step.
     "dynamic_tradeoffs:mrpc_final": "--run runs/dynamic_final/mrpc "
     f"--output {RESULTS}/dynamic_tradeoffs_mrpc_final.json",
@@ -116,8 +121,9 @@ CPU = {
     f"{RESULTS}/baselines_mrpc_seed42.json --dynamic {RESULTS}/dynamic_tradeoffs_mrpc.json --dynabert "
     f"{RESULTS}/grafting_ablation.json --avenues {RESULTS}/avenues_mrpc_seed42.json "
     f"--dynamic-final {RESULTS}/dynamic_tradeoffs_mrpc_final.json --output {RESULTS}/method_comparison_mrpc.json",
-    "method_comparison:rte": f"--flexible {RESULTS}/glue_flex_rte_seed42.json --dynamic "
-    f"{RESULTS}/dynamic_tradeoffs_rte.json --dynabert {RESULTS}/grafting_ablation.json "
+    "method_comparison:rte": f"--flexible {RESULTS}/glue_flex_rte_seed42.json --baselines "
+    f"{RESULTS}/baselines_rte_seed42.json --dynamic {RESULTS}/dynamic_tradeoffs_rte.json --dynabert "
+    f"{RESULTS}/grafting_ablation.json --avenues {RESULTS}/avenues_rte_seed42.json "
     f"--output {RESULTS}/method_comparison_rte.json",
     "method_comparison:sst2": f"--flexible {RESULTS}/glue_flex_sst2_seed42.json --dynamic "
     f"{RESULTS}/dynamic_tradeoffs_sst2.json --output {RESULTS}/method_comparison_sst2.json",
