@@ -175,6 +175,11 @@ def avenue_flops_ratios(folder: Path, stage: str, subnets: list) -> dict[str, fl
     return {f"w{width}_d{depth}": subnet_flops(config, width, depth) / full_flops for width, depth in subnets}
 
 
+def reference_flops_ratios(report: dict) -> dict[str, float]:
+    """Each sub-network's FLOPs ratio in the width model (the table's column, the final head answering)."""
+    return {subnet["name"]: subnet["flops_ratio"] for subnet in report["subnets"]}
+
+
 def best_baselines(path: str, report: dict) -> dict[str, dict]:
     """The best fixed-size model of each (width, depth) in a fixed_size_baselines.py JSON of the same teacher."""
     baselines = json.loads(Path(path).read_text())
@@ -210,7 +215,7 @@ def table(report: dict) -> str:
     if REFERENCE in means:
         gains = " | ".join(f"{100 * (means[name] - means[REFERENCE]):+.2f}" for name in names)
         lines.append(f"| mean − {REFERENCE} | | | {gains} | |")
-    reference_flops = {subnet["name"]: subnet["flops_ratio"] for subnet in report["subnets"]}
+    reference_flops = reference_flops_ratios(report)
     for row in report["avenues"]:  # an avenue whose own heads cost more (its attention ramps) says where
         own = {key: ratio for key, ratio in row.get("flops_ratio", {}).items() if ratio != reference_flops[key]}
         if own:
@@ -249,7 +254,7 @@ def main() -> None:
          "flops_ratio": subnet_flops(config, width, depth) / full_flops}
         for width, depth in subnets
     ]  # fmt: skip
-    reference_flops = {subnet["name"]: subnet["flops_ratio"] for subnet in report["subnets"]}
+    reference_flops = reference_flops_ratios(report)
     report["avenues"] = [avenue_row(name, run_dir, metric, subnets, reference_flops) for name in avenues]
     if args.baselines:
         report["baselines"] = best_baselines(args.baselines, report)
